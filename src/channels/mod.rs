@@ -1,0 +1,305 @@
+//! Channels: one module per platform behind one trait.
+//!
+//! A [`Channel`] is one configured connector of one platform kind. Inbound, it
+//! verifies a raw request and turns it into a normalized [`InboundMessage`] (or a
+//! handshake answer, or a deliberate ignore). Outbound, it sends one part of a reply
+//! and classifies any failure where it arises ([`SendError`]): retryable, rate
+//! limited with the platform's Retry-After, or permanent. Waiting happens in one
+//! place, the delivery worker.
+//!
+//! Adding a channel: its file, one line in [`build`], its tests.
+
+pub mod custom;
+pub mod standard_webhooks;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::body::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ChannelKind, ConnectorSettings};
+
+/// A raw inbound request, as the receiver got it.
+#[derive(Debug)]
+pub struct InboundRequest<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    pub body: &'a Bytes,
+    pub now: DateTime<Utc>,
+}
+
+/// What a verified request means.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message for the agent.
+    Message(InboundMessage),
+    /// A platform handshake, answered at once with this body.
+    Handshake {
+        content_type: &'static str,
+        body: String,
+    },
+    /// Verified traffic we deliberately do not answer (our own echoes, receipts).
+    Ignored { reason: &'static str },
+}
+
+/// An inbound message in the one shape every channel normalizes to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// The platform's stable id of this message; platform retries reuse it.
+    pub platform_message_id: String,
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    pub conversation_id: String,
+    pub thread_id: Option<String>,
+    /// A group conversation has one session for all its members; a direct one
+    /// belongs to its sender.
+    pub is_group: bool,
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: Option<String>,
+    pub content_type: Option<String>,
+    pub name: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// Why an inbound request is refused. Each maps to one 4xx with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("signature verification failed: {0}")]
+    BadSignature(String),
+    #[error("stale or future timestamp: {0}")]
+    StaleTimestamp(String),
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    #[error("method {0} is not accepted here")]
+    MethodNotAllowed(String),
+}
+
+impl InboundError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InboundError::MissingHeader(_) | InboundError::Malformed(_) => StatusCode::BAD_REQUEST,
+            InboundError::BadSignature(_) | InboundError::StaleTimestamp(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            InboundError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            InboundError::MissingHeader(_) => "missing_header",
+            InboundError::BadSignature(_) => "bad_signature",
+            InboundError::StaleTimestamp(_) => "stale_timestamp",
+            InboundError::Malformed(_) => "malformed_body",
+            InboundError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+}
+
+/// Where a reply goes, stored with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTarget {
+    pub conversation_id: String,
+    pub thread_id: Option<String>,
+    pub recipient_id: String,
+    pub is_group: bool,
+    /// Platform ids of the messages this reply answers.
+    pub in_reply_to: Vec<String>,
+}
+
+/// One part of a reply, ready to send.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub delivery_id: uuid::Uuid,
+    pub target: ReplyTarget,
+    pub part: i32,
+    pub text: String,
+    pub trace_id: String,
+}
+
+/// Why a send failed, classified where it happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth another attempt on the normal schedule (5xx, timeouts, connection errors).
+    #[error("retryable: {reason}")]
+    Retryable {
+        reason: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    /// The platform asked us to slow down.
+    #[error("rate limited: {reason}")]
+    RateLimited {
+        reason: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    /// Another attempt cannot succeed (bad request, gone, unauthorized).
+    #[error("permanent: {reason}")]
+    Permanent { reason: String, status: Option<u16> },
+}
+
+impl SendError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SendError::Retryable { status, .. }
+            | SendError::RateLimited { status, .. }
+            | SendError::Permanent { status, .. } => *status,
+        }
+    }
+
+    pub fn class(&self) -> &'static str {
+        match self {
+            SendError::Retryable { .. } => "retryable",
+            SendError::RateLimited { .. } => "rate_limited",
+            SendError::Permanent { .. } => "permanent",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::Retryable { retry_after, .. } | SendError::RateLimited { retry_after, .. } => {
+                *retry_after
+            }
+            SendError::Permanent { .. } => None,
+        }
+    }
+
+    /// Classifies an HTTP answer the common way; channels refine it where their
+    /// platform says more.
+    pub fn from_http(status: StatusCode, retry_after: Option<Duration>, body: &str) -> Self {
+        let reason = format!("HTTP {}: {}", status.as_u16(), truncate(body, 512));
+        let code = Some(status.as_u16());
+        match status.as_u16() {
+            429 => SendError::RateLimited {
+                reason,
+                status: code,
+                retry_after,
+            },
+            408 | 425 | 500..=599 | 300..=399 => SendError::Retryable {
+                reason,
+                status: code,
+                retry_after,
+            },
+            _ => SendError::Permanent {
+                reason,
+                status: code,
+            },
+        }
+    }
+
+    pub fn from_transport(error: &reqwest::Error) -> Self {
+        SendError::Retryable {
+            reason: format!("transport: {error}"),
+            status: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// Reads a `Retry-After` header given in seconds (possibly fractional) or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let date = DateTime::parse_from_rfc2822(value).ok()?;
+    (date.with_timezone(&Utc) - now).to_std().ok()
+}
+
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// One configured connector of one platform kind.
+pub trait Channel: Send + Sync {
+    fn kind(&self) -> ChannelKind;
+
+    /// Verifies a raw request and normalizes it. Must not touch any storage.
+    fn receive(&self, request: &InboundRequest<'_>) -> Result<Inbound, InboundError>;
+
+    /// Splits a reply into the parts this platform accepts, in order.
+    fn split(&self, text: &str) -> Vec<String> {
+        vec![text.to_owned()]
+    }
+
+    /// Sends one part of a reply.
+    fn send<'a>(&'a self, message: &'a OutboundMessage) -> BoxFuture<'a, Result<(), SendError>>;
+}
+
+/// The registry: builds the channel for a connector.
+pub fn build(
+    connector: &ConnectorSettings,
+    http: &reqwest::Client,
+    signature_tolerance: Duration,
+) -> Arc<dyn Channel> {
+    match connector.config.channel {
+        ChannelKind::Custom => Arc::new(custom::CustomChannel::new(
+            connector,
+            http.clone(),
+            signature_tolerance,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_answers_are_classified() {
+        let c = |s: u16| SendError::from_http(StatusCode::from_u16(s).unwrap(), None, "").class();
+        assert_eq!(c(429), "rate_limited");
+        assert_eq!(c(500), "retryable");
+        assert_eq!(c(503), "retryable");
+        assert_eq!(c(408), "retryable");
+        assert_eq!(c(302), "retryable");
+        assert_eq!(c(400), "permanent");
+        assert_eq!(c(401), "permanent");
+        assert_eq!(c(410), "permanent");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(2)));
+        headers.insert("retry-after", "0.5".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_millis(500)));
+        headers.insert(
+            "retry-after",
+            "Thu, 01 Jan 2026 00:00:30 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
+        headers.insert("retry-after", "-1".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,856 @@
+//! Configuration: a TOML file, `MICROCLAW_…` environment overrides, secrets from
+//! the environment.
+//!
+//! Loading happens in two steps. [`RawConfig`] is what the file and the environment
+//! say, deserialized with serde defaults for everything optional. [`Settings::resolve`]
+//! then validates it as a whole and reads the secrets the file names (`*_env` keys
+//! hold the *name* of an environment variable, never the secret itself). Every
+//! problem is collected with the key that holds it, so `microclaw config check`
+//! can print them all at once, and the runtime refuses to start on any of them.
+//!
+//! Boot-time invariant enforced here: the worst-case time a turn can spend on the
+//! model (timeout × attempts plus the waits between them) must fit inside the
+//! worker recovery window, and the session lease must expire within it too, so a
+//! dead worker's turn is always rerun by the recovery the queue promises.
+
+use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+/// The built-in defaults, fully commented; also shipped as `microclaw.example.toml`.
+pub const EXAMPLE_CONFIG: &str = include_str!("../microclaw.example.toml");
+
+/// A problem in the configuration, with the key that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A duration written as integer seconds (`30`) or with a unit (`250ms`, `30s`, `5m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl Span {
+    pub fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    pub fn millis(ms: u64) -> Self {
+        Self(Duration::from_millis(ms))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Secs(u64),
+            Text(String),
+        }
+        match Repr::deserialize(deserializer)? {
+            Repr::Secs(s) => Ok(Span::secs(s)),
+            Repr::Text(text) => parse_span(&text).map(Span).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_span(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 250ms, 30s, 5m or 1h"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "`{text}` has an unknown unit (use ms, s, m or h)"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the file says
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub receiver: ReceiverConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    #[serde(default)]
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the receiver answers 503.
+    pub acquire_timeout: Span,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/microclaw".into(),
+            max_connections: 20,
+            acquire_timeout: Span::secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Empty disables Redis; everything still works (Postgres is the source of truth).
+    pub url: String,
+    pub key_prefix: String,
+    /// How long the receiver's fast dedup cache remembers an event.
+    pub dedup_ttl: Span,
+    /// A Redis call slower than this is skipped (Postgres decides instead).
+    pub timeout: Span,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "microclaw".into(),
+            dedup_ttl: Span::secs(24 * 3600),
+            timeout: Span::millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    /// Accepted clock skew of signed webhook timestamps, in both directions.
+    pub signature_tolerance: Span,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            signature_tolerance: Span::secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnMode {
+    /// Messages that arrive while a turn runs are answered together in the next turn.
+    Collect,
+    /// Every message gets its own turn, in arrival order.
+    PerMessage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Address of the worker's health endpoints.
+    pub listen: String,
+    /// A dead worker's jobs are picked up again within this window.
+    pub recovery_window: Span,
+    /// How long a session's ordering lease lives without being extended.
+    pub session_lease: Span,
+    pub turn_concurrency: usize,
+    pub delivery_concurrency: usize,
+    /// Fallback poll for delayed jobs; new jobs arrive by LISTEN/NOTIFY at once.
+    pub poll_interval: Span,
+    /// On SIGTERM, in-flight jobs get this long to finish; the rest go back to the queue.
+    pub shutdown_grace: Span,
+    pub turn_mode: TurnMode,
+    /// Messages of recent history given to the model.
+    pub history_messages: i64,
+    /// Sent to the user when the model keeps failing.
+    pub apology: String,
+    /// Queue-level attempts of a turn job (database errors, crashes).
+    pub turn_job_attempts: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8081".into(),
+            recovery_window: Span::secs(300),
+            session_lease: Span::secs(60),
+            turn_concurrency: 32,
+            delivery_concurrency: 32,
+            poll_interval: Span::secs(1),
+            shutdown_grace: Span::secs(30),
+            turn_mode: TurnMode::Collect,
+            history_messages: 20,
+            apology: "Sorry, I can't answer right now. Please try again in a moment.".into(),
+            turn_job_attempts: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Attempts before a delivery is dead (the first send counts).
+    pub max_attempts: u32,
+    /// Wait before attempt n+1 is `retry_schedule[n-1]` (the last entry repeats), ± jitter.
+    pub retry_schedule: Vec<Span>,
+    /// Fraction of each wait added or removed at random (0.2 = ±20 %).
+    pub jitter: f64,
+    /// A platform's Retry-After is honoured up to this long.
+    pub max_retry_after: Span,
+    pub request_timeout: Span,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            retry_schedule: [5, 30, 120, 600, 1800, 3600, 7200]
+                .into_iter()
+                .map(Span::secs)
+                .collect(),
+            jitter: 0.2,
+            max_retry_after: Span::secs(3600),
+            request_timeout: Span::secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `microclaw=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions and every compatible server (Qwen, vLLM, Ollama, llama.cpp).
+    Openai,
+    /// Deterministic, offline; for tests and first runs.
+    Mock,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub provider: ProviderKind,
+    #[serde(default)]
+    pub base_url: String,
+    /// Name of the environment variable that holds the API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default = "default_model_timeout")]
+    pub timeout: Span,
+    /// Calls per turn, the first included.
+    #[serde(default = "default_model_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_min_backoff")]
+    pub min_backoff: Span,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Span,
+    /// A Retry-After longer than this is not waited for: the call fails instead.
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after: Span,
+    /// Extra top-level fields sent with every request (temperature, enable_thinking, …).
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_model_timeout() -> Span {
+    Span::secs(60)
+}
+fn default_model_attempts() -> u32 {
+    3
+}
+fn default_min_backoff() -> Span {
+    Span::millis(500)
+}
+fn default_max_backoff() -> Span {
+    Span::secs(10)
+}
+fn default_max_retry_after() -> Span {
+    Span::secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub name: String,
+    #[serde(default)]
+    pub instructions: String,
+    /// Key of an entry in `[models]`.
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// Any surface a user builds: Standard Webhooks in, signed JSON callback out.
+    Custom,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    pub id: String,
+    pub channel: ChannelKind,
+    /// Name of the agent that answers on this connector.
+    pub agent: String,
+    /// Env var holding the `whsec_…` secret inbound webhooks are signed with.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Where replies are POSTed (custom channel).
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Env var holding the `whsec_…` secret replies are signed with; defaults to the
+    /// inbound signing secret.
+    #[serde(default)]
+    pub callback_secret_env: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated settings
+// ---------------------------------------------------------------------------
+
+/// A validated configuration with its secrets read from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub receiver: ReceiverConfig,
+    pub worker: WorkerConfig,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+    pub models: BTreeMap<String, ModelSettings>,
+    pub agents: BTreeMap<String, AgentConfig>,
+    pub connectors: BTreeMap<String, ConnectorSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub name: String,
+    pub config: ModelConfig,
+    pub api_key: Option<SecretString>,
+}
+
+impl ModelSettings {
+    /// The longest one turn can spend on this model: every attempt timing out, and
+    /// the longest permitted wait between attempts.
+    pub fn worst_case_turn_time(&self) -> Duration {
+        let attempts = self.config.max_attempts.max(1);
+        let wait = self.config.max_backoff.0.max(self.config.max_retry_after.0);
+        self.config.timeout.0 * attempts + wait * (attempts - 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectorSettings {
+    pub config: ConnectorConfig,
+    pub signing_secret: Option<SecretString>,
+    pub callback_secret: Option<SecretString>,
+}
+
+/// Where the environment comes from: the process, or a map in tests.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl RawConfig {
+    /// The built-in defaults (`microclaw.example.toml`), the file on top (if it
+    /// exists; tables merge, arrays such as `[[connectors]]` replace the defaults'),
+    /// then `MICROCLAW_SECTION__KEY` environment overrides.
+    /// `DATABASE_URL` is honoured as the conventional spelling of `database.url`.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let mut figment = Figment::from(Toml::string(EXAMPLE_CONFIG));
+        if path.exists() {
+            figment = figment.merge(Toml::file_exact(path));
+        } else if path != Path::new(DEFAULT_PATH) {
+            return Err(ConfigErrors(vec![ConfigProblem {
+                key: "--config".into(),
+                message: format!("file {} does not exist", path.display()),
+            }]));
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(("database.url", url));
+        }
+        // Only `SECTION__KEY` variables are configuration; MICROCLAW_CUSTOM_SECRET and
+        // the like are secrets that `*_env` keys point at.
+        figment = figment.merge(
+            Env::prefixed("MICROCLAW_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        Self::extract(figment)
+    }
+
+    /// The built-in defaults with `text` on top (no environment overrides).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
+        Self::extract(
+            Figment::from(Toml::string(EXAMPLE_CONFIG)).merge(Toml::string(text)),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigErrors> {
+        figment.extract().map_err(|errors| {
+            ConfigErrors(
+                errors
+                    .into_iter()
+                    .map(|e| ConfigProblem {
+                        key: if e.path.is_empty() {
+                            "(top level)".into()
+                        } else {
+                            e.path.join(".")
+                        },
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+pub const DEFAULT_PATH: &str = "microclaw.toml";
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::resolve(RawConfig::load(path)?, &process_env)
+    }
+
+    pub fn from_toml(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigErrors> {
+        Self::resolve(RawConfig::from_toml(text)?, env)
+    }
+
+    /// Validates the configuration as a whole and reads its secrets.
+    pub fn resolve(raw: RawConfig, env: EnvLookup<'_>) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
+
+        if raw.database.url.is_empty() {
+            problem("database.url".into(), "must be set".into());
+        } else if !raw.database.url.starts_with("postgres://")
+            && !raw.database.url.starts_with("postgresql://")
+        {
+            problem(
+                "database.url".into(),
+                "must be a postgres:// URL".into(),
+            );
+        }
+        if raw.database.max_connections < 4 {
+            problem(
+                "database.max_connections".into(),
+                "must be at least 4 (listeners and workers hold connections)".into(),
+            );
+        }
+        if !raw.redis.url.is_empty() && !raw.redis.url.starts_with("redis://") {
+            problem("redis.url".into(), "must be a redis:// URL or empty".into());
+        }
+        if raw.receiver.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "receiver.listen".into(),
+                format!("`{}` is not an address such as 0.0.0.0:8080", raw.receiver.listen),
+            );
+        }
+        if raw.worker.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "worker.listen".into(),
+                format!("`{}` is not an address such as 0.0.0.0:8081", raw.worker.listen),
+            );
+        }
+        if raw.receiver.max_body_bytes == 0 {
+            problem("receiver.max_body_bytes".into(), "must be positive".into());
+        }
+        if raw.worker.recovery_window.0 < Duration::from_secs(3) {
+            problem(
+                "worker.recovery_window".into(),
+                "must be at least 3s (three heartbeats of one second)".into(),
+            );
+        }
+        if raw.worker.session_lease.0 > raw.worker.recovery_window.0 {
+            problem(
+                "worker.session_lease".into(),
+                "must not exceed worker.recovery_window, or a dead worker's session stays locked after its turn is recovered".into(),
+            );
+        }
+        if raw.worker.session_lease.0 < Duration::from_secs(1) {
+            problem("worker.session_lease".into(), "must be at least 1s".into());
+        }
+        if raw.worker.turn_concurrency == 0 {
+            problem("worker.turn_concurrency".into(), "must be positive".into());
+        }
+        if raw.worker.delivery_concurrency == 0 {
+            problem("worker.delivery_concurrency".into(), "must be positive".into());
+        }
+        if raw.worker.history_messages < 0 {
+            problem("worker.history_messages".into(), "must not be negative".into());
+        }
+        if raw.worker.turn_job_attempts == 0 {
+            problem("worker.turn_job_attempts".into(), "must be positive".into());
+        }
+        if raw.delivery.max_attempts == 0 {
+            problem("delivery.max_attempts".into(), "must be at least 1".into());
+        }
+        if raw.delivery.retry_schedule.is_empty() && raw.delivery.max_attempts > 1 {
+            problem(
+                "delivery.retry_schedule".into(),
+                "must list at least one wait when delivery.max_attempts > 1".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&raw.delivery.jitter) {
+            problem("delivery.jitter".into(), "must be in [0, 1)".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            problem(
+                "log.level".into(),
+                format!("`{}` is not a log filter such as info or microclaw=debug", raw.log.level),
+            );
+        }
+
+        let mut models = BTreeMap::new();
+        for (name, model) in &raw.models {
+            let key = |field: &str| format!("models.{name}.{field}");
+            let mut api_key = None;
+            match model.provider {
+                ProviderKind::Openai => {
+                    if model.base_url.is_empty() {
+                        problem(key("base_url"), "must be set for provider openai".into());
+                    } else if !model.base_url.starts_with("http://")
+                        && !model.base_url.starts_with("https://")
+                    {
+                        problem(key("base_url"), "must be an http(s) URL".into());
+                    }
+                    if model.model.is_empty() {
+                        problem(key("model"), "must name the model, e.g. gpt-4o-mini".into());
+                    }
+                    if let Some(var) = &model.api_key_env {
+                        match env(var) {
+                            Some(value) if !value.is_empty() => {
+                                api_key = Some(SecretString::from(value))
+                            }
+                            _ => problem(
+                                key("api_key_env"),
+                                format!("environment variable {var} is not set"),
+                            ),
+                        }
+                    }
+                }
+                ProviderKind::Mock => {}
+            }
+            if model.max_attempts == 0 {
+                problem(key("max_attempts"), "must be at least 1".into());
+            }
+            if model.timeout.0.is_zero() {
+                problem(key("timeout"), "must be positive".into());
+            }
+            if model.min_backoff.0 > model.max_backoff.0 {
+                problem(key("min_backoff"), "must not exceed max_backoff".into());
+            }
+            let settings = ModelSettings {
+                name: name.clone(),
+                config: model.clone(),
+                api_key,
+            };
+            let worst = settings.worst_case_turn_time();
+            if worst >= raw.worker.recovery_window.0 {
+                problem(
+                    key("timeout"),
+                    format!(
+                        "worst-case model time for one turn ({}s = timeout × max_attempts + waits) is not below worker.recovery_window ({}s); a live turn could be taken for a dead one",
+                        worst.as_secs_f64(),
+                        raw.worker.recovery_window.0.as_secs_f64()
+                    ),
+                );
+            }
+            models.insert(name.clone(), settings);
+        }
+
+        let mut agents = BTreeMap::new();
+        if raw.agents.is_empty() {
+            problem("agents".into(), "declare at least one [[agents]]".into());
+        }
+        for (i, agent) in raw.agents.iter().enumerate() {
+            if agent.name.is_empty() {
+                problem(format!("agents[{i}].name"), "must not be empty".into());
+            }
+            if !raw.models.contains_key(&agent.model) {
+                problem(
+                    format!("agents[{i}].model"),
+                    format!("`{}` is not a key of [models]", agent.model),
+                );
+            }
+            if agents.insert(agent.name.clone(), agent.clone()).is_some() {
+                problem(
+                    format!("agents[{i}].name"),
+                    format!("`{}` is declared twice", agent.name),
+                );
+            }
+        }
+
+        let mut connectors = BTreeMap::new();
+        if raw.connectors.is_empty() {
+            problem("connectors".into(), "declare at least one [[connectors]]".into());
+        }
+        for (i, connector) in raw.connectors.iter().enumerate() {
+            let key = |field: &str| format!("connectors[{i}].{field}");
+            if connector.id.is_empty()
+                || !connector
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problem(
+                    key("id"),
+                    "must be non-empty and use only letters, digits, - and _ (it is part of the webhook URL)".into(),
+                );
+            }
+            if !raw.agents.iter().any(|a| a.name == connector.agent) {
+                problem(
+                    key("agent"),
+                    format!("`{}` is not the name of an agent", connector.agent),
+                );
+            }
+            let mut secret = |field: &str, var: &Option<String>, required: bool| match var {
+                Some(var) => match env(var) {
+                    Some(value) => match crate::channels::standard_webhooks::SigningKey::parse(&value) {
+                        Ok(_) => Some(SecretString::from(value)),
+                        Err(e) => {
+                            problem(key(field), format!("environment variable {var}: {e}"));
+                            None
+                        }
+                    },
+                    None => {
+                        problem(key(field), format!("environment variable {var} is not set"));
+                        None
+                    }
+                },
+                None if required => {
+                    problem(key(field), "must name the environment variable that holds the secret".into());
+                    None
+                }
+                None => None,
+            };
+            let (signing_secret, callback_secret) = match connector.channel {
+                ChannelKind::Custom => {
+                    let signing = secret("signing_secret_env", &connector.signing_secret_env, true);
+                    let callback = secret("callback_secret_env", &connector.callback_secret_env, false)
+                        .or_else(|| signing.clone());
+                    (signing, callback)
+                }
+            };
+            match (&connector.channel, &connector.callback_url) {
+                (ChannelKind::Custom, None) => {
+                    problem(key("callback_url"), "must be set for the custom channel".into())
+                }
+                (_, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                    problem(key("callback_url"), "must be an http(s) URL".into())
+                }
+                _ => {}
+            }
+            let settings = ConnectorSettings {
+                config: connector.clone(),
+                signing_secret,
+                callback_secret,
+            };
+            if connectors.insert(connector.id.clone(), settings).is_some() {
+                problem(key("id"), format!("`{}` is declared twice", connector.id));
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        Ok(Settings {
+            database: raw.database,
+            redis: raw.redis,
+            receiver: raw.receiver,
+            worker: raw.worker,
+            delivery: raw.delivery,
+            log: raw.log,
+            models,
+            agents,
+            connectors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn env_with(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let env = env_with(&[("MICROCLAW_CUSTOM_SECRET", SECRET)]);
+        let settings = Settings::from_toml(EXAMPLE_CONFIG, &env).unwrap();
+        assert!(settings.connectors.contains_key("custom"));
+        assert_eq!(settings.worker.turn_mode, TurnMode::Collect);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            [worker]
+            recovery_window = "10s"
+            session_lease = "20s"
+            [models.main]
+            provider = "openai"
+            api_key_env = "NOPE_KEY"
+            [[agents]]
+            name = "a"
+            model = "missing"
+            [[connectors]]
+            id = "bad id"
+            channel = "custom"
+            agent = "b"
+            signing_secret_env = "UNSET"
+        "#;
+        let errors = Settings::from_toml(text, &env_with(&[])).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "worker.session_lease",
+            "models.main.base_url",
+            "models.main.model",
+            "models.main.api_key_env",
+            "models.main.timeout",
+            "agents[0].model",
+            "connectors[0].id",
+            "connectors[0].agent",
+            "connectors[0].signing_secret_env",
+            "connectors[0].callback_url",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let errors = RawConfig::from_toml("[worker]\nturn_concurrency = \"many\"").unwrap_err();
+        assert_eq!(errors.0[0].key, "worker.turn_concurrency");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let errors = RawConfig::from_toml("[worker]\nturn_concurency = 3").unwrap_err();
+        assert!(errors.to_string().contains("turn_concurency"), "{errors}");
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_span("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_span("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_span("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_span("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_span("5 weeks").is_err());
+        assert!(parse_span("soon").is_err());
+    }
+
+    #[test]
+    fn a_malformed_secret_names_its_variable() {
+        let text = EXAMPLE_CONFIG;
+        let errors =
+            Settings::from_toml(text, &env_with(&[("MICROCLAW_CUSTOM_SECRET", "whsec_!!")]))
+                .unwrap_err();
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|p| p.key == "connectors[0].signing_secret_env"
+                    && p.message.contains("MICROCLAW_CUSTOM_SECRET")),
+            "{errors}"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! One configured deployment: settings, the database pool, the connectors with
+//! their channels, the model routes, and the optional Redis dedup cache. Every
+//! role (receiver, worker) runs on one of these.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+
+use crate::{
+    channels::{self, Channel},
+    config::{ConnectorSettings, Settings},
+    dedup::DedupCache,
+    providers::ModelRoute,
+};
+
+/// A connector ready to use: its settings and its channel.
+#[derive(Clone)]
+pub struct Connector {
+    pub settings: ConnectorSettings,
+    pub channel: Arc<dyn Channel>,
+}
+
+impl Connector {
+    pub fn id(&self) -> &str {
+        &self.settings.config.id
+    }
+    pub fn agent(&self) -> &str {
+        &self.settings.config.agent
+    }
+}
+
+pub struct Deployment {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub connectors: HashMap<String, Connector>,
+    pub models: HashMap<String, ModelRoute>,
+    pub dedup: Option<DedupCache>,
+}
+
+impl Deployment {
+    /// Builds the deployment without touching the network: the pool and Redis
+    /// connect lazily, so a role starts (and reports not ready) while they are down.
+    pub fn new(settings: Settings) -> anyhow::Result<Arc<Self>> {
+        let pool = crate::store::connect_lazy(&settings.database)?;
+        Self::with_pool(settings, pool)
+    }
+
+    pub fn with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.delivery.request_timeout.0)
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("microclaw/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let connectors = settings
+            .connectors
+            .values()
+            .map(|c| {
+                let channel = channels::build(c, &http, settings.receiver.signature_tolerance.0);
+                (
+                    c.config.id.clone(),
+                    Connector {
+                        settings: c.clone(),
+                        channel,
+                    },
+                )
+            })
+            .collect();
+        // Model calls have their own per-call timeout (enforced by the route).
+        let model_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("microclaw/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let models = settings
+            .models
+            .values()
+            .map(|m| (m.name.clone(), ModelRoute::new(m, &model_http)))
+            .collect();
+        let dedup = if settings.redis.url.is_empty() {
+            None
+        } else {
+            Some(DedupCache::new(&settings.redis)?)
+        };
+        Ok(Arc::new(Self {
+            settings,
+            pool,
+            connectors,
+            models,
+            dedup,
+        }))
+    }
+}

@@ -1,0 +1,19 @@
+//! MicroClaw: a durable runtime for AI agents that live in chat.
+//!
+//! Receivers verify webhooks and enqueue every inbound message as a durable job
+//! before answering; workers run turns against a model and deliver replies, with
+//! the guarantees of DESIGN.md ("Guarantees") holding under concurrency and crashes.
+
+pub mod channels;
+pub mod cli;
+pub mod config;
+pub mod dedup;
+pub mod deployment;
+pub mod health;
+pub mod providers;
+pub mod receiver;
+pub mod retry;
+pub mod roles;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,73 @@
+//! The mock model: deterministic, offline, for tests and first runs.
+//!
+//! It answers the latest user message of the conversation. Several messages folded
+//! into one turn are answered together, so the folding is visible in the reply.
+
+use futures::{FutureExt, future::BoxFuture};
+
+use super::{ChatRequest, ChatResponse, Provider, ProviderError, Role};
+
+pub struct MockProvider;
+
+impl Provider for MockProvider {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        async move { Ok(answer(request)) }.boxed()
+    }
+}
+
+fn answer(request: &ChatRequest) -> ChatResponse {
+    let unanswered: Vec<&str> = request
+        .messages
+        .iter()
+        .rev()
+        .take_while(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let text = if unanswered.is_empty() {
+        "(mock) Nothing to answer.".to_owned()
+    } else {
+        format!("(mock) You said: {}", unanswered.join(" / "))
+    };
+    let input_tokens = request
+        .messages
+        .iter()
+        .map(|m| m.content.split_whitespace().count() as u64)
+        .sum();
+    let output_tokens = text.split_whitespace().count() as u64;
+    ChatResponse {
+        text,
+        model: "mock".into(),
+        input_tokens: Some(input_tokens),
+        output_tokens: Some(output_tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ChatMessage;
+
+    #[test]
+    fn answers_every_unanswered_user_message_in_order() {
+        let request = ChatRequest {
+            messages: vec![
+                ChatMessage::new(Role::System, "be brief"),
+                ChatMessage::new(Role::User, "old"),
+                ChatMessage::new(Role::Assistant, "(mock) You said: old"),
+                ChatMessage::new(Role::User, "one"),
+                ChatMessage::new(Role::User, "two"),
+            ],
+            trace_id: "t".into(),
+        };
+        let response = answer(&request);
+        assert_eq!(response.text, "(mock) You said: one / two");
+        assert_eq!(response.model, "mock");
+        assert_eq!(answer(&request), response);
+    }
+}

@@ -1,0 +1,162 @@
+//! The receiver: verify, normalize, deduplicate, enqueue, answer.
+//!
+//! Guarantee: a 2xx means the inbound event and its turn job are committed in
+//! Postgres (one transaction, see `store::inbound`). When Postgres cannot be
+//! reached the answer is 503, so the platform retries; bad input gets a 4xx with a
+//! reason and changes nothing. A platform retry of a recorded event gets 2xx and
+//! creates nothing, whether Redis or Postgres recognizes it.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, RawQuery, State, rejection::BytesRejection},
+    http::{HeaderMap, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::Utc;
+use serde_json::json;
+
+use crate::{
+    channels::{Inbound, InboundError, InboundRequest},
+    deployment::Deployment,
+    store::{
+        StoreError,
+        inbound::{self, Recorded, Routing},
+    },
+};
+
+pub fn router(deployment: Arc<Deployment>) -> Router {
+    let limit = deployment.settings.receiver.max_body_bytes;
+    Router::new()
+        .route("/hooks/{connector_id}", get(hook).post(hook))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(deployment.clone())
+        .merge(crate::health::router(deployment.pool.clone()))
+}
+
+/// Why a webhook was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("no connector named `{0}`")]
+    UnknownConnector(String),
+    #[error(transparent)]
+    Inbound(#[from] InboundError),
+    #[error("{detail}")]
+    Body { status: StatusCode, detail: String },
+    #[error("the database is unavailable; retry later")]
+    Unavailable(#[source] StoreError),
+}
+
+impl IntoResponse for ReceiverError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ReceiverError::UnknownConnector(_) => (StatusCode::NOT_FOUND, "unknown_connector"),
+            ReceiverError::Inbound(e) => (e.status(), e.code()),
+            ReceiverError::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                (*status, "body_too_large")
+            }
+            ReceiverError::Body { status, .. } => (*status, "unreadable_body"),
+            ReceiverError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        let body = Json(json!({ "code": code, "detail": self.to_string() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return (status, [(header::RETRY_AFTER, "5")], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}
+
+async fn hook(
+    State(deployment): State<Arc<Deployment>>,
+    Path(connector_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ReceiverError> {
+    let connector = deployment
+        .connectors
+        .get(&connector_id)
+        .ok_or_else(|| ReceiverError::UnknownConnector(connector_id.clone()))?;
+    let body = body.map_err(|rejection| ReceiverError::Body {
+        status: rejection.status(),
+        detail: rejection.body_text(),
+    })?;
+    let request = InboundRequest {
+        method: &method,
+        headers: &headers,
+        query: query.as_deref(),
+        body: &body,
+        now: Utc::now(),
+    };
+    let message = match connector.channel.receive(&request) {
+        Ok(Inbound::Message(message)) => message,
+        Ok(Inbound::Handshake { content_type, body }) => {
+            return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+        }
+        Ok(Inbound::Ignored { reason }) => {
+            tracing::debug!(connector = %connector_id, reason, "inbound ignored");
+            return Ok(Json(json!({ "status": "ignored", "reason": reason })).into_response());
+        }
+        Err(e) => {
+            tracing::info!(connector = %connector_id, error = %e, "inbound refused");
+            return Err(e.into());
+        }
+    };
+
+    if let Some(dedup) = &deployment.dedup
+        && dedup
+            .seen(&connector_id, &message.platform_message_id)
+            .await
+    {
+        tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound (cache)");
+        return Ok(Json(json!({ "status": "duplicate" })).into_response());
+    }
+
+    let routing = Routing {
+        connector_id: &connector_id,
+        channel: connector.channel.kind().as_str(),
+        agent: connector.agent(),
+    };
+    let recorded = inbound::record(
+        &deployment.pool,
+        &routing,
+        &message,
+        deployment.settings.worker.turn_job_attempts,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(connector = %connector_id, error = %e, "could not record inbound event");
+        ReceiverError::Unavailable(e)
+    })?;
+    if let Some(dedup) = &deployment.dedup {
+        dedup
+            .remember(&connector_id, &message.platform_message_id)
+            .await;
+    }
+    Ok(match recorded {
+        Recorded::Accepted {
+            event_id,
+            session_id,
+            trace_id,
+        } => {
+            tracing::info!(
+                trace_id = %trace_id,
+                connector = %connector_id,
+                %event_id,
+                %session_id,
+                platform_message_id = %message.platform_message_id,
+                "inbound accepted"
+            );
+            Json(json!({ "status": "accepted", "event_id": event_id, "trace_id": trace_id }))
+                .into_response()
+        }
+        Recorded::Duplicate => {
+            tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound");
+            Json(json!({ "status": "duplicate" })).into_response()
+        }
+    })
+}

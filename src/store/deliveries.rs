@@ -1,0 +1,174 @@
+//! Delivery state and attempt history.
+//!
+//! A delivery is one part of one reply to one connector. Each attempt is its own
+//! queue job ([`microclaw_jobs::DeliveryJob`]) and its own `delivery_attempts` row.
+//! [`begin_attempt`] refuses to send when the delivery is no longer pending or
+//! when this attempt already has an outcome (its job ran before and only the queue
+//! ack was lost). [`finish_attempt`] records the outcome and, in the same
+//! transaction, either marks the delivery delivered or dead, or queues the next
+//! attempt with its wait, so a crash never loses or doubles the schedule.
+//!
+//! The one window that remains is a crash after the platform accepted a send and
+//! before its outcome is committed: that attempt is rerun, and the platform sees
+//! the same `webhook-id`/delivery id again (at-least-once; receivers deduplicate).
+
+use std::time::Duration;
+
+use sqlx::{PgPool, postgres::types::PgInterval};
+use uuid::Uuid;
+
+use super::{StoreError, sessions::enqueue_delivery};
+use crate::channels::{ReplyTarget, SendError};
+use microclaw_jobs::DeliveryJob;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub connector_id: String,
+    pub channel: String,
+    pub target: sqlx::types::Json<ReplyTarget>,
+    pub part: i32,
+    pub text: String,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub trace_id: String,
+}
+
+/// Marks the start of an attempt; None when there is nothing to send.
+pub async fn begin_attempt(
+    pool: &PgPool,
+    job: &DeliveryJob,
+) -> Result<Option<DeliveryRow>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<DeliveryRow> = sqlx::query_as(
+        "SELECT id, connector_id, channel, target, part, text, status, attempts, max_attempts, trace_id
+           FROM deliveries WHERE id = $1 FOR UPDATE",
+    )
+    .bind(job.delivery_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(mut row) = row else {
+        return Ok(None);
+    };
+    if row.status != "pending" {
+        return Ok(None);
+    }
+    let finished: Option<bool> = sqlx::query_scalar(
+        "SELECT finished_at IS NOT NULL FROM delivery_attempts WHERE delivery_id = $1 AND attempt = $2",
+    )
+    .bind(job.delivery_id)
+    .bind(job.attempt as i32)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if finished == Some(true) {
+        return Ok(None);
+    }
+    // A row without an outcome means this attempt's worker died mid-send; it is rerun.
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, attempt) VALUES ($1, $2)
+         ON CONFLICT (delivery_id, attempt) DO UPDATE
+            SET started_at = now(), error = 'previous run of this attempt was interrupted'",
+    )
+    .bind(job.delivery_id)
+    .bind(job.attempt as i32)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE deliveries SET attempts = $2 WHERE id = $1")
+        .bind(job.delivery_id)
+        .bind(job.attempt as i32)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    row.attempts = job.attempt as i32;
+    Ok(Some(row))
+}
+
+/// What became of an attempt.
+#[derive(Debug)]
+pub enum AttemptOutcome<'a> {
+    Delivered,
+    /// Failed; the next attempt runs after the wait.
+    RetryAfter(&'a SendError, Duration),
+    /// Failed for good (permanent error, or the last attempt).
+    Dead(&'a SendError, DeadReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    Permanent,
+    Exhausted,
+}
+
+pub async fn finish_attempt(
+    pool: &PgPool,
+    job: &DeliveryJob,
+    outcome: AttemptOutcome<'_>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let (label, status_code, error) = match &outcome {
+        AttemptOutcome::Delivered => ("delivered", None, None),
+        AttemptOutcome::RetryAfter(e, _) | AttemptOutcome::Dead(e, _) => {
+            (e.class(), e.status().map(i32::from), Some(e.to_string()))
+        }
+    };
+    sqlx::query(
+        "UPDATE delivery_attempts SET finished_at = now(), outcome = $3, status_code = $4, error = $5
+          WHERE delivery_id = $1 AND attempt = $2",
+    )
+    .bind(job.delivery_id)
+    .bind(job.attempt as i32)
+    .bind(label)
+    .bind(status_code)
+    .bind(&error)
+    .execute(&mut *tx)
+    .await?;
+    match outcome {
+        AttemptOutcome::Delivered => {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL
+                  WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        AttemptOutcome::RetryAfter(e, wait) => {
+            sqlx::query(
+                "UPDATE deliveries
+                    SET next_attempt_at = now() + $2, error_class = $3, last_error = $4
+                  WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
+            .bind(PgInterval {
+                months: 0,
+                days: 0,
+                microseconds: wait.as_micros() as i64,
+            })
+            .bind(e.class())
+            .bind(e.to_string())
+            .execute(&mut *tx)
+            .await?;
+            let next = DeliveryJob::new(job.delivery_id, job.attempt + 1, job.trace_id.clone());
+            enqueue_delivery(&mut tx, &next, Some(wait)).await?;
+        }
+        AttemptOutcome::Dead(e, reason) => {
+            sqlx::query(
+                "UPDATE deliveries
+                    SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
+                        error_class = $2, last_error = $3
+                  WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
+            .bind(match reason {
+                DeadReason::Permanent => "permanent",
+                DeadReason::Exhausted => "exhausted",
+            })
+            .bind(e.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

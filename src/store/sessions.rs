@@ -1,0 +1,388 @@
+//! Session ordering: one turn of a session at a time, in arrival order, across any
+//! number of workers, without holding a transaction across a model call.
+//!
+//! The session row carries a lease (owner, epoch, expiry) and two counters:
+//! `last_inbound_seq` (bumped by the receiver with each event) and `processed_seq`
+//! (advanced by the turn that answers events up to it).
+//!
+//! * [`try_acquire`] takes a free or expired lease with one conditional UPDATE and
+//!   bumps the epoch. The epoch is a fencing token.
+//! * The holder answers unprocessed events in order and commits each turn with
+//!   [`commit_turn`], which locks the row and checks `lease_epoch`: a worker whose
+//!   lease expired and was taken by another writes nothing, so a slow worker can
+//!   never add a second reply.
+//! * [`release`] frees the lease only when `last_inbound_seq <= processed_seq`.
+//!   The receiver's bump and the release both lock the row, so one sees the other:
+//!   either the release fails and the holder loops to answer the newcomer (the
+//!   "collect" folding), or the release came first and the newcomer's own job
+//!   finds the lease free.
+//! * A holder extends its lease while it waits on the model ([`extend`]). A worker
+//!   that dies stops extending; the queue recovers its job, which waits for the
+//!   lease to expire (the lease owner names the job, so the job recognizes its own
+//!   dead lease) and then reruns the turn.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction, postgres::types::PgInterval};
+use uuid::Uuid;
+
+use super::{Enqueue, StoreError, enqueue};
+use crate::channels::ReplyTarget;
+use microclaw_jobs::DeliveryJob;
+
+fn interval(d: Duration) -> PgInterval {
+    PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: d.as_micros() as i64,
+    }
+}
+
+/// A held lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub session_id: Uuid,
+    pub epoch: i64,
+}
+
+/// The lease as another worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LeaseState {
+    pub lease_owner: Option<String>,
+    pub lease_epoch: i64,
+    /// Time left on the lease, by the database clock (None when free).
+    pub remaining_ms: Option<i64>,
+}
+
+pub async fn try_acquire(
+    pool: &PgPool,
+    session_id: Uuid,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<Lease>, StoreError> {
+    let epoch: Option<i64> = sqlx::query_scalar(
+        "UPDATE sessions
+            SET lease_owner = $2, lease_epoch = lease_epoch + 1, lease_expires_at = now() + $3
+          WHERE id = $1 AND (lease_owner IS NULL OR lease_expires_at <= now())
+          RETURNING lease_epoch",
+    )
+    .bind(session_id)
+    .bind(owner)
+    .bind(interval(ttl))
+    .fetch_optional(pool)
+    .await?;
+    Ok(epoch.map(|epoch| Lease { session_id, epoch }))
+}
+
+pub async fn lease_state(pool: &PgPool, session_id: Uuid) -> Result<LeaseState, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT lease_owner, lease_epoch,
+                (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::BIGINT AS remaining_ms
+           FROM sessions WHERE id = $1",
+    )
+    .bind(session_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Extends a held lease; false when it was lost (expired and taken by another).
+pub async fn extend(pool: &PgPool, lease: Lease, ttl: Duration) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE sessions SET lease_expires_at = now() + $3 WHERE id = $1 AND lease_epoch = $2",
+    )
+    .bind(lease.session_id)
+    .bind(lease.epoch)
+    .bind(interval(ttl))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Nothing left to answer; the lease is free.
+    Released,
+    /// New events arrived; the lease is still ours (and extended).
+    MoreWork,
+    /// Another worker holds the session now.
+    Lost,
+}
+
+pub async fn release(pool: &PgPool, lease: Lease, ttl: Duration) -> Result<Release, StoreError> {
+    let released: Option<bool> = sqlx::query_scalar(
+        "UPDATE sessions
+            SET lease_owner = CASE WHEN last_inbound_seq <= processed_seq THEN NULL ELSE lease_owner END,
+                lease_expires_at = CASE WHEN last_inbound_seq <= processed_seq THEN NULL ELSE now() + $3 END
+          WHERE id = $1 AND lease_epoch = $2
+          RETURNING lease_owner IS NULL",
+    )
+    .bind(lease.session_id)
+    .bind(lease.epoch)
+    .bind(interval(ttl))
+    .fetch_optional(pool)
+    .await?;
+    Ok(match released {
+        Some(true) => Release::Released,
+        Some(false) => Release::MoreWork,
+        None => Release::Lost,
+    })
+}
+
+/// Gives a lease up without finishing (after an error), so the retry can take it.
+pub async fn abandon(pool: &PgPool, lease: Lease) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_epoch = $2",
+    )
+    .bind(lease.session_id)
+    .bind(lease.epoch)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingEvent {
+    pub id: Uuid,
+    pub seq: i64,
+    pub connector_id: String,
+    pub platform_message_id: String,
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    pub conversation_id: String,
+    pub thread_id: Option<String>,
+    pub is_group: bool,
+    pub text: String,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionInfo {
+    pub agent: String,
+    pub processed_seq: i64,
+}
+
+pub async fn session_info(pool: &PgPool, session_id: Uuid) -> Result<SessionInfo, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT agent, processed_seq FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Whether an inbound event has been answered (or given up on).
+pub async fn event_is_settled(pool: &PgPool, event_id: Uuid) -> Result<bool, StoreError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM inbound_events WHERE id = $1")
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(status.is_none_or(|s| s != "pending"))
+}
+
+/// Unanswered events after `after_seq`, in arrival order.
+pub async fn pending_events(
+    pool: &PgPool,
+    session_id: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<PendingEvent>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, seq, connector_id, platform_message_id, sender_id, sender_name,
+                conversation_id, thread_id, is_group, text, trace_id
+           FROM inbound_events
+          WHERE session_id = $1 AND seq > $2
+          ORDER BY seq
+          LIMIT $3",
+    )
+    .bind(session_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// The last `limit` messages of a session, oldest first. Uses the
+/// `(session_id, id DESC)` index, so it costs the same for any history length.
+pub async fn recent_history(
+    pool: &PgPool,
+    session_id: Uuid,
+    limit: i64,
+) -> Result<Vec<HistoryMessage>, StoreError> {
+    let mut rows: Vec<HistoryMessage> = sqlx::query_as(
+        "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(session_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Everything one finished turn writes.
+#[derive(Debug)]
+pub struct TurnRecord<'a> {
+    pub turn_id: Uuid,
+    pub lease: Lease,
+    pub events: &'a [PendingEvent],
+    pub reply: &'a str,
+    pub model: Option<&'a str>,
+    /// The error that made the turn fail (the reply is then the apology).
+    pub error: Option<&'a str>,
+    pub model_attempts: u32,
+    pub started_at: DateTime<Utc>,
+    pub trace_id: &'a str,
+    /// Where the reply goes and the parts it is split into.
+    pub deliveries: Vec<PlannedDelivery>,
+    pub delivery_max_attempts: u32,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedDelivery {
+    pub connector_id: String,
+    pub channel: String,
+    pub target: ReplyTarget,
+    pub parts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnCommit {
+    Committed,
+    /// The lease was lost: another worker owns the session, nothing was written.
+    Fenced,
+}
+
+/// Commits a turn: transcript, event marks, `processed_seq`, deliveries and their
+/// jobs, in one transaction fenced by the lease epoch.
+pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnCommit, StoreError> {
+    let (Some(first), Some(last)) = (turn.events.first(), turn.events.last()) else {
+        return Ok(TurnCommit::Committed);
+    };
+    let mut tx = pool.begin().await?;
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT lease_epoch FROM sessions WHERE id = $1 FOR UPDATE")
+            .bind(turn.lease.session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if epoch != Some(turn.lease.epoch) {
+        tx.rollback().await?;
+        return Ok(TurnCommit::Fenced);
+    }
+    let session_id = turn.lease.session_id;
+    sqlx::query(
+        "INSERT INTO turns (id, session_id, first_seq, last_seq, status, model, error,
+                            model_attempts, trace_id, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(turn.turn_id)
+    .bind(session_id)
+    .bind(first.seq)
+    .bind(last.seq)
+    .bind(if turn.error.is_some() { "failed" } else { "completed" })
+    .bind(turn.model)
+    .bind(turn.error)
+    .bind(turn.model_attempts as i32)
+    .bind(turn.trace_id)
+    .bind(turn.started_at)
+    .execute(&mut *tx)
+    .await?;
+
+    for event in turn.events {
+        sqlx::query(
+            "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name)
+             VALUES ($1, $2, 'user', $3, $4, $5)",
+        )
+        .bind(session_id)
+        .bind(turn.turn_id)
+        .bind(&event.text)
+        .bind(event.id)
+        .bind(&event.sender_name)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO messages (session_id, turn_id, role, content, model)
+         VALUES ($1, $2, 'assistant', $3, $4)",
+    )
+    .bind(session_id)
+    .bind(turn.turn_id)
+    .bind(turn.reply)
+    .bind(turn.model)
+    .execute(&mut *tx)
+    .await?;
+
+    let event_ids: Vec<Uuid> = turn.events.iter().map(|e| e.id).collect();
+    sqlx::query("UPDATE inbound_events SET status = $2, turn_id = $3 WHERE id = ANY($1)")
+        .bind(&event_ids)
+        .bind(if turn.error.is_some() { "failed" } else { "answered" })
+        .bind(turn.turn_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE sessions SET processed_seq = $2, lease_expires_at = now() + $3, updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(session_id)
+    .bind(last.seq)
+    .bind(interval(turn.lease_ttl))
+    .execute(&mut *tx)
+    .await?;
+
+    for planned in &turn.deliveries {
+        for (index, text) in planned.parts.iter().enumerate() {
+            let delivery_id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO deliveries (id, turn_id, session_id, connector_id, channel, target,
+                                         part, text, max_attempts, next_attempt_at, trace_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)",
+            )
+            .bind(delivery_id)
+            .bind(turn.turn_id)
+            .bind(session_id)
+            .bind(&planned.connector_id)
+            .bind(&planned.channel)
+            .bind(sqlx::types::Json(&planned.target))
+            .bind(index as i32 + 1)
+            .bind(text)
+            .bind(turn.delivery_max_attempts as i32)
+            .bind(turn.trace_id)
+            .execute(&mut *tx)
+            .await?;
+            let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
+            enqueue_delivery(&mut tx, &job, None).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(TurnCommit::Committed)
+}
+
+pub(super) async fn enqueue_delivery(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &DeliveryJob,
+    run_after: Option<Duration>,
+) -> Result<(), StoreError> {
+    enqueue(
+        tx,
+        Enqueue {
+            job,
+            idempotency_key: job.idempotency_key(),
+            // One queue attempt per delivery attempt: retries are scheduled by the
+            // delivery worker with their own waits. A second queue attempt only
+            // happens when a worker died mid-send.
+            max_attempts: 3,
+            run_after,
+        },
+    )
+    .await
+}

@@ -1,0 +1,286 @@
+//! The turn job: answer a session's unanswered events, one turn at a time, in
+//! arrival order, exactly once.
+//!
+//! A turn job first takes the session's lease (see `store::sessions` for the
+//! protocol). If another job holds it, that holder is bound to answer this job's
+//! event too (it only releases when nothing is left), so this job ends at once;
+//! if the holder dies, the queue recovers the holder's own job, which waits for
+//! its dead lease to expire and reruns. The holder loops: read unanswered events
+//! (all of them in "collect" mode, one in "per_message" mode), call the model while
+//! extending the lease, commit the turn fenced by the lease epoch, release or loop.
+//!
+//! When the model keeps failing the user still gets an answer: the configured
+//! apology, committed like any reply, with the turn recorded as failed.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::{AbortError, BoxDynError, Data};
+use chrono::Utc;
+use microclaw_jobs::{Job, TurnJob};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    channels::ReplyTarget,
+    config::TurnMode,
+    deployment::Deployment,
+    providers::{ChatMessage, ChatRequest, Role},
+    store::{
+        StoreError,
+        sessions::{self, Lease, PendingEvent, PlannedDelivery, Release, TurnCommit, TurnRecord},
+    },
+};
+
+/// What a turn job needs.
+#[derive(Clone)]
+pub struct TurnContext {
+    pub deployment: Arc<Deployment>,
+    /// Names this worker process in lease owners.
+    pub worker_id: String,
+}
+
+/// Events answered together at most, in collect mode.
+const COLLECT_LIMIT: i64 = 100;
+
+pub async fn run(job: TurnJob, context: Data<TurnContext>) -> Result<(), BoxDynError> {
+    job.check_schema_version().map_err(AbortError::new)?;
+    let span = tracing::info_span!("turn", trace_id = %job.trace_id, session_id = %job.session_id);
+    async move {
+        match answer_session(&context, &job).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "turn job failed; the queue retries it");
+                Err(e.into())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), StoreError> {
+    let deployment = &context.deployment;
+    let pool = &deployment.pool;
+    let ttl = deployment.settings.worker.session_lease.0;
+    if sessions::event_is_settled(pool, job.inbound_event_id).await? {
+        tracing::debug!("event already answered");
+        return Ok(());
+    }
+    let my_prefix = format!("{}@", job.inbound_event_id);
+    let owner = format!("{my_prefix}{}", context.worker_id);
+    let lease = loop {
+        if let Some(lease) = sessions::try_acquire(pool, job.session_id, &owner, ttl).await? {
+            break lease;
+        }
+        let state = sessions::lease_state(pool, job.session_id).await?;
+        match state.lease_owner {
+            Some(holder) if holder.starts_with(&my_prefix) => {
+                // An earlier run of this very job holds the lease: its worker died
+                // (or is slow). Wait for that lease to expire, unless it finishes.
+                if sessions::event_is_settled(pool, job.inbound_event_id).await? {
+                    return Ok(());
+                }
+                let remaining = Duration::from_millis(state.remaining_ms.unwrap_or(0).max(0) as u64);
+                tracing::info!(
+                    remaining_ms = remaining.as_millis() as u64,
+                    "waiting for the lease of this job's earlier run to expire"
+                );
+                tokio::time::sleep(remaining.clamp(Duration::from_millis(50), ttl)).await;
+            }
+            Some(holder) => {
+                tracing::debug!(%holder, "session busy; its lease holder answers this event");
+                return Ok(());
+            }
+            None => {}
+        }
+    };
+    let result = drain(context, lease).await;
+    if result.is_err()
+        && let Err(e) = sessions::abandon(pool, lease).await
+    {
+        tracing::warn!(error = %e, "could not give the lease up; it expires by itself");
+    }
+    result
+}
+
+/// Answers unanswered events until none is left, holding the lease.
+async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
+    let deployment = &context.deployment;
+    let pool = &deployment.pool;
+    let settings = &deployment.settings.worker;
+    let limit = match settings.turn_mode {
+        TurnMode::Collect => COLLECT_LIMIT,
+        TurnMode::PerMessage => 1,
+    };
+    loop {
+        let session = sessions::session_info(pool, lease.session_id).await?;
+        let events =
+            sessions::pending_events(pool, lease.session_id, session.processed_seq, limit).await?;
+        if !events.is_empty() {
+            let committed = answer(context, lease, &session.agent, &events).await?;
+            if committed == TurnCommit::Fenced {
+                tracing::warn!("lease lost before commit; the new holder answers, this turn wrote nothing");
+                return Ok(());
+            }
+        }
+        match sessions::release(pool, lease, settings.session_lease.0).await? {
+            Release::Released | Release::Lost => return Ok(()),
+            Release::MoreWork => continue,
+        }
+    }
+}
+
+/// Runs one turn over `events` and commits it.
+async fn answer(
+    context: &TurnContext,
+    lease: Lease,
+    agent_name: &str,
+    events: &[PendingEvent],
+) -> Result<TurnCommit, StoreError> {
+    let deployment = &context.deployment;
+    let pool = &deployment.pool;
+    let settings = &deployment.settings;
+    let started_at = Utc::now();
+    let trace_id = events
+        .last()
+        .map(|e| e.trace_id.clone())
+        .unwrap_or_default();
+
+    let agent = settings.agents.get(agent_name);
+    let route = agent.and_then(|a| deployment.models.get(&a.model));
+    let (reply, model, error, attempts) = match (agent, route) {
+        (Some(agent), Some(route)) => {
+            let history =
+                sessions::recent_history(pool, lease.session_id, settings.worker.history_messages)
+                    .await?;
+            let mut messages = Vec::with_capacity(history.len() + events.len() + 1);
+            if !agent.instructions.is_empty() {
+                messages.push(ChatMessage::new(Role::System, &agent.instructions));
+            }
+            for m in history {
+                let role = if m.role == "assistant" {
+                    Role::Assistant
+                } else {
+                    Role::User
+                };
+                messages.push(ChatMessage::new(role, m.content));
+            }
+            for e in events {
+                messages.push(ChatMessage::new(Role::User, &e.text));
+            }
+            let request = ChatRequest {
+                messages,
+                trace_id: trace_id.clone(),
+            };
+            let Some(outcome) = keep_lease_while(pool, lease, settings.worker.session_lease.0, route.complete(&request)).await
+            else {
+                return Ok(TurnCommit::Fenced);
+            };
+            match outcome.result {
+                Ok(response) if !response.text.trim().is_empty() => {
+                    (response.text, Some(response.model), None, outcome.attempts)
+                }
+                Ok(_) => (
+                    settings.worker.apology.clone(),
+                    Some(route.name.clone()),
+                    Some("the model returned an empty answer".to_owned()),
+                    outcome.attempts,
+                ),
+                Err(e) => (
+                    settings.worker.apology.clone(),
+                    Some(route.name.clone()),
+                    Some(e.to_string()),
+                    outcome.attempts,
+                ),
+            }
+        }
+        _ => (
+            settings.worker.apology.clone(),
+            None,
+            Some(format!("agent `{agent_name}` or its model is not configured")),
+            0,
+        ),
+    };
+    if let Some(error) = &error {
+        tracing::warn!(%error, "turn failed; sending the apology");
+    }
+
+    let last = events.last().expect("a turn answers at least one event");
+    let deliveries = match deployment.connectors.get(&last.connector_id) {
+        Some(connector) => vec![PlannedDelivery {
+            connector_id: last.connector_id.clone(),
+            channel: connector.channel.kind().as_str().to_owned(),
+            target: ReplyTarget {
+                conversation_id: last.conversation_id.clone(),
+                thread_id: last.thread_id.clone(),
+                recipient_id: last.sender_id.clone(),
+                is_group: last.is_group,
+                in_reply_to: events
+                    .iter()
+                    .filter(|e| e.connector_id == last.connector_id)
+                    .map(|e| e.platform_message_id.clone())
+                    .collect(),
+            },
+            parts: connector.channel.split(&reply),
+        }],
+        None => {
+            tracing::error!(connector = %last.connector_id, "connector is no longer configured; the reply is stored but not delivered");
+            Vec::new()
+        }
+    };
+    let turn_id = Uuid::now_v7();
+    let committed = sessions::commit_turn(
+        pool,
+        TurnRecord {
+            turn_id,
+            lease,
+            events,
+            reply: &reply,
+            model: model.as_deref(),
+            error: error.as_deref(),
+            model_attempts: attempts,
+            started_at,
+            trace_id: &trace_id,
+            deliveries,
+            delivery_max_attempts: settings.delivery.max_attempts,
+            lease_ttl: settings.worker.session_lease.0,
+        },
+    )
+    .await?;
+    if committed == TurnCommit::Committed {
+        tracing::info!(
+            %turn_id,
+            events = events.len(),
+            model = model.as_deref().unwrap_or("-"),
+            model_attempts = attempts,
+            failed = error.is_some(),
+            elapsed_ms = (Utc::now() - started_at).num_milliseconds(),
+            "turn committed"
+        );
+    }
+    Ok(committed)
+}
+
+/// Runs `work` while extending the lease every third of its lifetime. None when the
+/// lease was lost meanwhile (the work is dropped; another worker owns the session).
+async fn keep_lease_while<T>(
+    pool: &sqlx::PgPool,
+    lease: Lease,
+    ttl: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let keep = async {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            match sessions::extend(pool, lease, ttl).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "could not extend the session lease"),
+            }
+        }
+    };
+    tokio::select! {
+        output = work => Some(output),
+        () = keep => None,
+    }
+}
