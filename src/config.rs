@@ -634,17 +634,6 @@ impl Settings {
                 config: model.clone(),
                 api_key,
             };
-            let worst = settings.worst_case_turn_time();
-            if worst >= raw.worker.recovery_window.0 {
-                problem(
-                    key("timeout"),
-                    format!(
-                        "worst-case model time for one turn ({}s = timeout × max_attempts + waits) is not below worker.recovery_window ({}s); a live turn could be taken for a dead one",
-                        worst.as_secs_f64(),
-                        raw.worker.recovery_window.0.as_secs_f64()
-                    ),
-                );
-            }
             models.insert(name.clone(), settings);
         }
 
@@ -666,6 +655,23 @@ impl Settings {
                 problem(
                     format!("agents[{i}].name"),
                     format!("`{}` is declared twice", agent.name),
+                );
+            }
+        }
+
+        // Only the models agents use can hold a turn.
+        let used: std::collections::BTreeSet<&String> = raw.agents.iter().map(|a| &a.model).collect();
+        for name in used {
+            let Some(model) = models.get(name) else { continue };
+            let worst = model.worst_case_turn_time();
+            if worst >= raw.worker.recovery_window.0 {
+                problem(
+                    format!("models.{name}.timeout"),
+                    format!(
+                        "worst-case model time for one turn ({}s = timeout × max_attempts + waits) is not below worker.recovery_window ({}s); a live turn could be taken for a dead one",
+                        worst.as_secs_f64(),
+                        raw.worker.recovery_window.0.as_secs_f64()
+                    ),
                 );
             }
         }
@@ -792,10 +798,13 @@ mod tests {
             [[agents]]
             name = "a"
             model = "missing"
+            [[agents]]
+            name = "b"
+            model = "main"
             [[connectors]]
             id = "bad id"
             channel = "custom"
-            agent = "b"
+            agent = "c"
             signing_secret_env = "UNSET"
         "#;
         let errors = Settings::from_toml(text, &env_with(&[])).unwrap_err();

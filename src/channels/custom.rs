@@ -75,7 +75,7 @@ pub struct Sender {
 }
 
 /// The outbound envelope.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplyEvent {
     #[serde(rename = "type")]
     pub kind: String,
@@ -83,7 +83,7 @@ pub struct ReplyEvent {
     pub data: ReplyData,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplyData {
     pub delivery_id: uuid::Uuid,
     pub conversation_id: String,

@@ -76,7 +76,12 @@ pub async fn enqueue<J: Job>(
         .max_attempts(enqueue.max_attempts)
         .idempotency_key(enqueue.idempotency_key);
     if let Some(delay) = enqueue.run_after {
-        builder = builder.run_after(delay);
+        // The queue stores whole seconds; round up so a job never runs before its
+        // wait (a platform's Retry-After is a "not before").
+        let at = (std::time::SystemTime::now() + delay)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        builder = builder.run_at_timestamp(at.as_secs() + u64::from(at.subsec_nanos() > 0));
     }
     apalis_postgres::queries::push_tasks(&mut **tx, J::QUEUE, vec![builder.build()]).await?;
     Ok(())

@@ -1,1 +1,11 @@
-fn main(){}
+//! Integration tests: real Postgres and Redis, a fresh database per test, the app on
+//! port 0, fake model and platform servers on loopback.
+
+mod cli;
+mod delivery;
+mod fakes;
+mod helpers;
+mod ordering;
+mod pipeline;
+mod receiver;
+mod turn_faults;

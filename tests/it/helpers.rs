@@ -1,0 +1,370 @@
+//! `TestApp`: a fresh Postgres database per test with migrations applied, the
+//! receiver on port 0, workers started on demand, fakes for the model and the
+//! platform on loopback, and one typed helper per endpoint.
+
+use std::{
+    sync::{Arc, Once},
+    time::{Duration, Instant},
+};
+
+use microclaw::{
+    channels::standard_webhooks::SigningKey,
+    config::Settings,
+    deployment::Deployment,
+    roles::{self, Shutdown, ShutdownTrigger},
+};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::fakes::{FakeModel, FakePlatform, ReceivedReply};
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const CONNECTOR: &str = "web";
+
+pub fn postgres_base() -> String {
+    std::env::var("MICROCLAW_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("MICROCLAW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn install_tls_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A fresh database with every migration applied.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("mc_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .expect("Postgres must run on 127.0.0.1:5432 (see .ci/run)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = format!("{}/{name}", postgres_base());
+        let pool = PgPool::connect(&url).await.unwrap();
+        microclaw::store::migrate(&pool).await.unwrap();
+        pool.close().await;
+        TestDb { name, url }
+    }
+}
+
+/// The knobs tests turn; everything else is the built-in default.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    pub turn_mode: &'static str,
+    pub redis_url: String,
+    /// None: a fresh database.
+    pub database_url: Option<String>,
+    pub delivery_max_attempts: u32,
+    pub retry_schedule: &'static str,
+    pub model_attempts: u32,
+    pub model_timeout: &'static str,
+    pub recovery_window: &'static str,
+    pub session_lease: &'static str,
+    pub max_body_bytes: usize,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            turn_mode: "collect",
+            redis_url: redis_url(),
+            database_url: None,
+            delivery_max_attempts: 3,
+            retry_schedule: r#"["1s"]"#,
+            model_attempts: 3,
+            model_timeout: "1500ms",
+            recovery_window: "8s",
+            session_lease: "3s",
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl TestConfig {
+    pub fn toml(&self, database_url: &str, model: &FakeModel, platform: &FakePlatform, key_prefix: &str) -> String {
+        format!(
+            r#"
+[database]
+url = "{database_url}"
+max_connections = 12
+acquire_timeout = "1s"
+
+[redis]
+url = "{redis}"
+key_prefix = "{key_prefix}"
+timeout = "100ms"
+
+[receiver]
+listen = "127.0.0.1:0"
+max_body_bytes = {max_body}
+
+[worker]
+listen = "127.0.0.1:0"
+recovery_window = "{window}"
+session_lease = "{lease}"
+turn_concurrency = 8
+delivery_concurrency = 8
+poll_interval = "200ms"
+shutdown_grace = "2s"
+turn_mode = "{mode}"
+apology = "Sorry, the model is unavailable."
+
+[delivery]
+max_attempts = {delivery_attempts}
+retry_schedule = {schedule}
+jitter = 0.1
+max_retry_after = "5s"
+request_timeout = "2s"
+
+[log]
+level = "info,microclaw=debug"
+
+[models.fake]
+provider = "openai"
+base_url = "{model_url}"
+api_key_env = "TEST_MODEL_KEY"
+model = "fake-gpt"
+timeout = "{model_timeout}"
+max_attempts = {model_attempts}
+min_backoff = "50ms"
+max_backoff = "200ms"
+max_retry_after = "1s"
+
+[[agents]]
+name = "assistant"
+instructions = "You are a test agent."
+model = "fake"
+
+[[connectors]]
+id = "{CONNECTOR}"
+channel = "custom"
+agent = "assistant"
+signing_secret_env = "TEST_SECRET"
+callback_url = "{callback}"
+"#,
+            redis = self.redis_url,
+            max_body = self.max_body_bytes,
+            window = self.recovery_window,
+            lease = self.session_lease,
+            mode = self.turn_mode,
+            delivery_attempts = self.delivery_max_attempts,
+            schedule = self.retry_schedule,
+            model_url = model.base_url,
+            model_timeout = self.model_timeout,
+            model_attempts = self.model_attempts,
+            callback = platform.callback_url,
+        )
+    }
+}
+
+pub fn test_env(name: &str) -> Option<String> {
+    match name {
+        "TEST_SECRET" => Some(SECRET.into()),
+        "TEST_MODEL_KEY" => Some("sk-test".into()),
+        _ => None,
+    }
+}
+
+/// One inbound message of the custom channel.
+#[derive(Debug, Clone)]
+pub struct TestMessage {
+    pub id: String,
+    pub sender: String,
+    pub conversation: String,
+    pub text: String,
+    pub group: bool,
+}
+
+impl TestMessage {
+    pub fn direct(id: &str, sender: &str, text: &str) -> Self {
+        Self {
+            id: id.into(),
+            sender: sender.into(),
+            conversation: format!("dm-{sender}"),
+            text: text.into(),
+            group: false,
+        }
+    }
+
+    pub fn body(&self) -> String {
+        json!({
+            "type": "message.created",
+            "timestamp": "2026-01-01T00:01:01.000Z",
+            "data": {
+                "message_id": self.id,
+                "conversation_id": self.conversation,
+                "conversation_type": if self.group { "group" } else { "direct" },
+                "thread_id": null,
+                "sender": {"id": self.sender, "display_name": "Tester"},
+                "text": self.text,
+                "attachments": [],
+                "sent_at": "2026-01-01T00:01:00.900Z"
+            }
+        })
+        .to_string()
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDb,
+    pub pool: PgPool,
+    pub deployment: Arc<Deployment>,
+    pub model: FakeModel,
+    pub platform: FakePlatform,
+    pub http: reqwest::Client,
+    pub config_toml: String,
+    pub key_prefix: String,
+    receiver: Option<(ShutdownTrigger, JoinHandle<anyhow::Result<()>>)>,
+    workers: Vec<(ShutdownTrigger, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl TestApp {
+    /// The receiver only; start workers with [`TestApp::start_worker`].
+    pub async fn spawn(config: TestConfig) -> Self {
+        install_tls_provider();
+        let model = FakeModel::start().await;
+        let platform = FakePlatform::start(SECRET).await;
+        let db = TestDb::create().await;
+        let database_url = config.database_url.clone().unwrap_or_else(|| db.url.clone());
+        let key_prefix = format!("test-{}", db.name);
+        let config_toml = config.toml(&database_url, &model, &platform, &key_prefix);
+        let settings = Settings::from_toml(&config_toml, &test_env).expect("test config is valid");
+        microclaw::telemetry::init(&settings.log);
+        let deployment = Deployment::new(settings).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let (trigger, shutdown) = Shutdown::new();
+        let receiver = tokio::spawn(roles::serve_receiver(deployment.clone(), listener, shutdown));
+        let pool = PgPool::connect(&db.url).await.unwrap();
+        TestApp {
+            address,
+            db,
+            pool,
+            deployment,
+            model,
+            platform,
+            http: reqwest::Client::new(),
+            config_toml,
+            key_prefix,
+            receiver: Some((trigger, receiver)),
+            workers: Vec::new(),
+        }
+    }
+
+    pub async fn spawn_with_worker(config: TestConfig) -> Self {
+        let mut app = Self::spawn(config).await;
+        app.start_worker();
+        app
+    }
+
+    /// Starts one more in-process worker (its own worker id, its own queue listeners).
+    pub fn start_worker(&mut self) {
+        let deployment =
+            Deployment::with_pool(self.deployment.settings.clone(), self.deployment.pool.clone()).unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(roles::run_worker(deployment, None, shutdown));
+        self.workers.push((trigger, handle));
+    }
+
+    pub async fn stop_workers(&mut self) {
+        for (trigger, handle) in self.workers.drain(..) {
+            trigger.trigger();
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn post_message(&self, message: &TestMessage) -> reqwest::Response {
+        self.post_signed(CONNECTOR, &message.body(), &format!("wh-{}", message.id), chrono::Utc::now().timestamp())
+            .await
+    }
+
+    pub async fn post_signed(&self, connector: &str, body: &str, webhook_id: &str, timestamp: i64) -> reqwest::Response {
+        let signature = SigningKey::parse(SECRET).unwrap().sign(webhook_id, timestamp, body.as_bytes());
+        self.http
+            .post(format!("{}/hooks/{connector}", self.address))
+            .header("content-type", "application/json")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls until the platform received `n` replies, or panics at the deadline.
+    pub async fn wait_for_replies(&self, n: usize, deadline: Duration) -> Vec<ReceivedReply> {
+        let started = Instant::now();
+        loop {
+            let replies = self.platform.replies();
+            if replies.len() >= n {
+                return replies;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "expected {n} replies within {deadline:?}, got {}: {replies:?}",
+                replies.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until no job is waiting, running or due for a retry.
+    pub async fn drain(&self, deadline: Duration) {
+        let started = Instant::now();
+        loop {
+            let open = self
+                .count(
+                    "SELECT count(*) FROM apalis.jobs
+                      WHERE status IN ('Pending', 'Queued', 'Running')
+                         OR (status = 'Failed' AND attempts < max_attempts)",
+                )
+                .await;
+            if open == 0 {
+                return;
+            }
+            assert!(started.elapsed() < deadline, "queues did not drain within {deadline:?}: {open} open jobs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    pub async fn wait_until(&self, sql: &'static str, expected: i64, deadline: Duration) {
+        let started = Instant::now();
+        loop {
+            let value = self.count(sql).await;
+            if value == expected {
+                return;
+            }
+            assert!(started.elapsed() < deadline, "`{sql}` is {value}, expected {expected} within {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_workers().await;
+        if let Some((trigger, handle)) = self.receiver.take() {
+            trigger.trigger();
+            handle.await.unwrap().unwrap();
+        }
+    }
+}
