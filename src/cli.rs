@@ -45,11 +45,11 @@ pub enum Command {
     Worker,
     /// Receiver and worker in one process (health endpoints on receiver.listen).
     All {
-        /// Apply database migrations before starting.
+        /// Create the database if missing and apply migrations before starting.
         #[arg(long)]
         migrate: bool,
     },
-    /// Apply database migrations (the queue's and MicroClaw's) and exit.
+    /// Create the database if missing, apply migrations (the queue's and MicroClaw's), exit.
     Migrate,
     /// Inspect the configuration.
     Config {
@@ -125,6 +125,16 @@ fn config_check(path: &std::path::Path, settings: &Settings) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Creates the database when missing, then applies every migration.
+async fn migrate(deployment: &Deployment) -> anyhow::Result<()> {
+    if crate::store::create_database_if_missing(&deployment.settings.database.url).await? {
+        tracing::info!("database created");
+    }
+    crate::store::migrate(&deployment.pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     let (trigger, shutdown) = Shutdown::new();
     tokio::spawn(async move {
@@ -134,9 +144,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             let deployment = Deployment::new(settings)?;
-            crate::store::migrate(&deployment.pool).await?;
-            tracing::info!("migrations applied");
-            Ok(())
+            migrate(&deployment).await
         }
         Command::Receiver => {
             let listener = roles::bind(&settings.receiver.listen).await?;
@@ -148,12 +156,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let deployment = Deployment::new(settings)?;
             roles::run_worker(deployment, Some(listener), shutdown).await
         }
-        Command::All { migrate } => {
+        Command::All {
+            migrate: migrate_first,
+        } => {
             let listener = roles::bind(&settings.receiver.listen).await?;
             let deployment = Deployment::new(settings)?;
-            if migrate {
-                crate::store::migrate(&deployment.pool).await?;
-                tracing::info!("migrations applied");
+            if migrate_first {
+                migrate(&deployment).await?;
             }
             let receiver = tokio::spawn(roles::serve_receiver(
                 deployment.clone(),

@@ -77,7 +77,9 @@ impl<'de> Deserialize<'de> for Span {
         }
         match Repr::deserialize(deserializer)? {
             Repr::Secs(s) => Ok(Span::secs(s)),
-            Repr::Text(text) => parse_span(&text).map(Span).map_err(serde::de::Error::custom),
+            Repr::Text(text) => parse_span(&text)
+                .map(Span)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -96,9 +98,7 @@ fn parse_span(text: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "`{text}` has an unknown unit (use ms, s, m or h)"
-        )),
+        _ => Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
     }
 }
 
@@ -470,9 +470,7 @@ impl RawConfig {
 
     /// The built-in defaults with `text` on top (no environment overrides).
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
-        Self::extract(
-            Figment::from(Toml::string(EXAMPLE_CONFIG)).merge(Toml::string(text)),
-        )
+        Self::extract(Figment::from(Toml::string(EXAMPLE_CONFIG)).merge(Toml::string(text)))
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigErrors> {
@@ -508,17 +506,15 @@ impl Settings {
     /// Validates the configuration as a whole and reads its secrets.
     pub fn resolve(raw: RawConfig, env: EnvLookup<'_>) -> Result<Self, ConfigErrors> {
         let mut problems = Vec::new();
-        let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
+        let mut problem =
+            |key: String, message: String| problems.push(ConfigProblem { key, message });
 
         if raw.database.url.is_empty() {
             problem("database.url".into(), "must be set".into());
         } else if !raw.database.url.starts_with("postgres://")
             && !raw.database.url.starts_with("postgresql://")
         {
-            problem(
-                "database.url".into(),
-                "must be a postgres:// URL".into(),
-            );
+            problem("database.url".into(), "must be a postgres:// URL".into());
         }
         if raw.database.max_connections < 4 {
             problem(
@@ -532,13 +528,19 @@ impl Settings {
         if raw.receiver.listen.parse::<std::net::SocketAddr>().is_err() {
             problem(
                 "receiver.listen".into(),
-                format!("`{}` is not an address such as 0.0.0.0:8080", raw.receiver.listen),
+                format!(
+                    "`{}` is not an address such as 0.0.0.0:8080",
+                    raw.receiver.listen
+                ),
             );
         }
         if raw.worker.listen.parse::<std::net::SocketAddr>().is_err() {
             problem(
                 "worker.listen".into(),
-                format!("`{}` is not an address such as 0.0.0.0:8081", raw.worker.listen),
+                format!(
+                    "`{}` is not an address such as 0.0.0.0:8081",
+                    raw.worker.listen
+                ),
             );
         }
         if raw.receiver.max_body_bytes == 0 {
@@ -563,10 +565,16 @@ impl Settings {
             problem("worker.turn_concurrency".into(), "must be positive".into());
         }
         if raw.worker.delivery_concurrency == 0 {
-            problem("worker.delivery_concurrency".into(), "must be positive".into());
+            problem(
+                "worker.delivery_concurrency".into(),
+                "must be positive".into(),
+            );
         }
         if raw.worker.history_messages < 0 {
-            problem("worker.history_messages".into(), "must not be negative".into());
+            problem(
+                "worker.history_messages".into(),
+                "must not be negative".into(),
+            );
         }
         if raw.worker.turn_job_attempts == 0 {
             problem("worker.turn_job_attempts".into(), "must be positive".into());
@@ -586,7 +594,10 @@ impl Settings {
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             problem(
                 "log.level".into(),
-                format!("`{}` is not a log filter such as info or microclaw=debug", raw.log.level),
+                format!(
+                    "`{}` is not a log filter such as info or microclaw=debug",
+                    raw.log.level
+                ),
             );
         }
 
@@ -660,9 +671,12 @@ impl Settings {
         }
 
         // Only the models agents use can hold a turn.
-        let used: std::collections::BTreeSet<&String> = raw.agents.iter().map(|a| &a.model).collect();
+        let used: std::collections::BTreeSet<&String> =
+            raw.agents.iter().map(|a| &a.model).collect();
         for name in used {
-            let Some(model) = models.get(name) else { continue };
+            let Some(model) = models.get(name) else {
+                continue;
+            };
             let worst = model.worst_case_turn_time();
             if worst >= raw.worker.recovery_window.0 {
                 problem(
@@ -678,7 +692,10 @@ impl Settings {
 
         let mut connectors = BTreeMap::new();
         if raw.connectors.is_empty() {
-            problem("connectors".into(), "declare at least one [[connectors]]".into());
+            problem(
+                "connectors".into(),
+                "declare at least one [[connectors]]".into(),
+            );
         }
         for (i, connector) in raw.connectors.iter().enumerate() {
             let key = |field: &str| format!("connectors[{i}].{field}");
@@ -701,20 +718,25 @@ impl Settings {
             }
             let mut secret = |field: &str, var: &Option<String>, required: bool| match var {
                 Some(var) => match env(var) {
-                    Some(value) => match crate::channels::standard_webhooks::SigningKey::parse(&value) {
-                        Ok(_) => Some(SecretString::from(value)),
-                        Err(e) => {
-                            problem(key(field), format!("environment variable {var}: {e}"));
-                            None
+                    Some(value) => {
+                        match crate::channels::standard_webhooks::SigningKey::parse(&value) {
+                            Ok(_) => Some(SecretString::from(value)),
+                            Err(e) => {
+                                problem(key(field), format!("environment variable {var}: {e}"));
+                                None
+                            }
                         }
-                    },
+                    }
                     None => {
                         problem(key(field), format!("environment variable {var} is not set"));
                         None
                     }
                 },
                 None if required => {
-                    problem(key(field), "must name the environment variable that holds the secret".into());
+                    problem(
+                        key(field),
+                        "must name the environment variable that holds the secret".into(),
+                    );
                     None
                 }
                 None => None,
@@ -722,15 +744,17 @@ impl Settings {
             let (signing_secret, callback_secret) = match connector.channel {
                 ChannelKind::Custom => {
                     let signing = secret("signing_secret_env", &connector.signing_secret_env, true);
-                    let callback = secret("callback_secret_env", &connector.callback_secret_env, false)
-                        .or_else(|| signing.clone());
+                    let callback =
+                        secret("callback_secret_env", &connector.callback_secret_env, false)
+                            .or_else(|| signing.clone());
                     (signing, callback)
                 }
             };
             match (&connector.channel, &connector.callback_url) {
-                (ChannelKind::Custom, None) => {
-                    problem(key("callback_url"), "must be set for the custom channel".into())
-                }
+                (ChannelKind::Custom, None) => problem(
+                    key("callback_url"),
+                    "must be set for the custom channel".into(),
+                ),
                 (_, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
                     problem(key("callback_url"), "must be an http(s) URL".into())
                 }

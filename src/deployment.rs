@@ -46,6 +46,7 @@ impl Deployment {
     }
 
     pub fn with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Arc<Self>> {
+        crate::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(settings.delivery.request_timeout.0)
             .connect_timeout(Duration::from_secs(5))

@@ -17,3 +17,10 @@ pub mod roles;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
+
+/// Installs ring as the process-wide TLS provider. reqwest is built without a
+/// default provider so the dependency tree holds ring only; it must be installed
+/// before the first HTTP client is built. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // reqwest is built without a default TLS provider so the tree holds only ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    microclaw::install_tls_provider();
     microclaw::cli::main()
 }

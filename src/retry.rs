@@ -55,15 +55,28 @@ mod tests {
     fn jitter_stays_within_its_bounds_and_varies() {
         let c = config(&[100], 0.2);
         let waits: Vec<Duration> = (0..200).map(|_| delivery_wait(&c, 1, None)).collect();
-        assert!(waits.iter().all(|w| *w >= Duration::from_secs(80) && *w <= Duration::from_secs(120)));
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_secs(80) && *w <= Duration::from_secs(120))
+        );
         assert!(waits.iter().any(|w| *w != waits[0]));
     }
 
     #[test]
     fn retry_after_wins_when_longer_up_to_the_cap() {
         let c = config(&[5], 0.0);
-        assert_eq!(delivery_wait(&c, 1, Some(Duration::from_secs(2))), Duration::from_secs(5));
-        assert_eq!(delivery_wait(&c, 1, Some(Duration::from_secs(20))), Duration::from_secs(20));
-        assert_eq!(delivery_wait(&c, 1, Some(Duration::from_secs(600))), Duration::from_secs(60));
+        assert_eq!(
+            delivery_wait(&c, 1, Some(Duration::from_secs(2))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            delivery_wait(&c, 1, Some(Duration::from_secs(20))),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            delivery_wait(&c, 1, Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
     }
 }

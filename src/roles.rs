@@ -87,7 +87,11 @@ pub async fn run_worker(
     let health_server = health.map(|listener| {
         let app = crate::health::router(deployment.pool.clone());
         let stop = shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.wait()).await })
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.wait())
+                .await
+        })
     });
     let result = crate::worker::run(deployment, shutdown.wait()).await;
     if let Some(server) = health_server {

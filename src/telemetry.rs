@@ -7,12 +7,17 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 use crate::config::{LogConfig, LogFormat};
 
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(&config.level));
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.level));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(true).with_span_list(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };

@@ -135,7 +135,9 @@ impl CustomChannel {
             self.tolerance.as_secs() as i64,
         )
         .map_err(|e| match e {
-            VerifyError::TimestampOutOfTolerance { .. } => InboundError::StaleTimestamp(e.to_string()),
+            VerifyError::TimestampOutOfTolerance { .. } => {
+                InboundError::StaleTimestamp(e.to_string())
+            }
             VerifyError::MalformedHeader(_) | VerifyError::NoMatchingSignature => {
                 InboundError::BadSignature(e.to_string())
             }
@@ -226,7 +228,9 @@ pub fn parse(body: &[u8]) -> Result<Inbound, InboundError> {
         ("data.sender.id", &message.sender.id),
     ] {
         if value.trim().is_empty() {
-            return Err(InboundError::Malformed(format!("{field} must not be empty")));
+            return Err(InboundError::Malformed(format!(
+                "{field} must not be empty"
+            )));
         }
     }
     if message.text.trim().is_empty() && message.attachments.is_empty() {

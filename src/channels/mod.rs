@@ -14,8 +14,8 @@ pub mod standard_webhooks;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::http::{HeaderMap, Method, StatusCode};
 use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -170,9 +170,8 @@ impl SendError {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SendError::Retryable { retry_after, .. } | SendError::RateLimited { retry_after, .. } => {
-                *retry_after
-            }
+            SendError::Retryable { retry_after, .. }
+            | SendError::RateLimited { retry_after, .. } => *retry_after,
             SendError::Permanent { .. } => None,
         }
     }

@@ -219,7 +219,12 @@ mod tests {
             Err(VerifyError::MalformedHeader("webhook-timestamp"))
         );
         assert_eq!(
-            key.verify(&headers(SPEC_ID, &ts, "sha256=abc"), SPEC_BODY, SPEC_TS, 300),
+            key.verify(
+                &headers(SPEC_ID, &ts, "sha256=abc"),
+                SPEC_BODY,
+                SPEC_TS,
+                300
+            ),
             Err(VerifyError::MalformedHeader("webhook-signature"))
         );
     }
@@ -235,6 +240,9 @@ mod tests {
             SigningKey::parse("whsec_!!").unwrap_err(),
             KeyError::NotBase64
         );
-        assert_eq!(SigningKey::parse("whsec_YWJj").unwrap_err(), KeyError::TooShort);
+        assert_eq!(
+            SigningKey::parse("whsec_YWJj").unwrap_err(),
+            KeyError::TooShort
+        );
     }
 }

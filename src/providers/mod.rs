@@ -164,10 +164,12 @@ impl ModelRoute {
             .when(|e: &ProviderError| {
                 e.kind.is_retryable() && e.retry_after.is_none_or(|wait| wait <= max_retry_after)
             })
-            .adjust(|e: &ProviderError, planned| match (planned, e.retry_after) {
-                (Some(planned), Some(wait)) => Some(planned.max(wait)),
-                (planned, _) => planned,
-            })
+            .adjust(
+                |e: &ProviderError, planned| match (planned, e.retry_after) {
+                    (Some(planned), Some(wait)) => Some(planned.max(wait)),
+                    (planned, _) => planned,
+                },
+            )
             .notify(|e: &ProviderError, wait| {
                 tracing::warn!(
                     trace_id = %request.trace_id,

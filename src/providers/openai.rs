@@ -150,7 +150,9 @@ impl Provider for OpenAiProvider {
 
 /// Classifies a non-2xx answer by its `error.code` first, its status second.
 fn classify(status: u16, body: &str) -> ProviderError {
-    let detail = serde_json::from_str::<ErrorBody>(body).ok().map(|b| b.error);
+    let detail = serde_json::from_str::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error);
     let code = detail
         .as_ref()
         .and_then(|d| d.code.as_ref())

@@ -43,6 +43,16 @@ pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
+/// Creates the configured database when the server does not have it yet.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    if Postgres::database_exists(url).await? {
+        return Ok(false);
+    }
+    Postgres::create_database(url).await?;
+    Ok(true)
+}
+
 /// Applies the queue's migrations (schema `apalis`) and ours (schema `public`).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     apalis_postgres::PostgresStorage::setup(pool).await?;

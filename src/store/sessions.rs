@@ -289,7 +289,11 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     .bind(session_id)
     .bind(first.seq)
     .bind(last.seq)
-    .bind(if turn.error.is_some() { "failed" } else { "completed" })
+    .bind(if turn.error.is_some() {
+        "failed"
+    } else {
+        "completed"
+    })
     .bind(turn.model)
     .bind(turn.error)
     .bind(turn.model_attempts as i32)
@@ -325,7 +329,11 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     let event_ids: Vec<Uuid> = turn.events.iter().map(|e| e.id).collect();
     sqlx::query("UPDATE inbound_events SET status = $2, turn_id = $3 WHERE id = ANY($1)")
         .bind(&event_ids)
-        .bind(if turn.error.is_some() { "failed" } else { "answered" })
+        .bind(if turn.error.is_some() {
+            "failed"
+        } else {
+            "answered"
+        })
         .bind(turn.turn_id)
         .execute(&mut *tx)
         .await?;

@@ -89,7 +89,11 @@ pub async fn run(
     let monitor = Monitor::new()
         .register(move |_| {
             WorkerBuilder::new(turn_worker_name.clone())
-                .backend(storage::<TurnJob>(&turn_pool, turn_config.clone(), &worker_settings))
+                .backend(storage::<TurnJob>(
+                    &turn_pool,
+                    turn_config.clone(),
+                    &worker_settings,
+                ))
                 .data(turn_context.clone())
                 .concurrency(turn_concurrency)
                 .build(turn::run)
@@ -115,7 +119,10 @@ pub async fn run(
         .await;
     let returned = return_unfinished(&pool, &[turn_name, delivery_name]).await?;
     if returned > 0 {
-        tracing::warn!(jobs = returned, "in-flight jobs did not finish in time; returned to the queue");
+        tracing::warn!(
+            jobs = returned,
+            "in-flight jobs did not finish in time; returned to the queue"
+        );
     }
     tracing::info!(worker = %id, "worker stopped");
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))

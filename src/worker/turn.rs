@@ -80,7 +80,8 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
                 if sessions::event_is_settled(pool, job.inbound_event_id).await? {
                     return Ok(());
                 }
-                let remaining = Duration::from_millis(state.remaining_ms.unwrap_or(0).max(0) as u64);
+                let remaining =
+                    Duration::from_millis(state.remaining_ms.unwrap_or(0).max(0) as u64);
                 tracing::info!(
                     remaining_ms = remaining.as_millis() as u64,
                     "waiting for the lease of this job's earlier run to expire"
@@ -119,7 +120,9 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
         if !events.is_empty() {
             let committed = answer(context, lease, &session.agent, &events).await?;
             if committed == TurnCommit::Fenced {
-                tracing::warn!("lease lost before commit; the new holder answers, this turn wrote nothing");
+                tracing::warn!(
+                    "lease lost before commit; the new holder answers, this turn wrote nothing"
+                );
                 return Ok(());
             }
         }
@@ -172,7 +175,13 @@ async fn answer(
                 messages,
                 trace_id: trace_id.clone(),
             };
-            let Some(outcome) = keep_lease_while(pool, lease, settings.worker.session_lease.0, route.complete(&request)).await
+            let Some(outcome) = keep_lease_while(
+                pool,
+                lease,
+                settings.worker.session_lease.0,
+                route.complete(&request),
+            )
+            .await
             else {
                 return Ok(TurnCommit::Fenced);
             };
@@ -197,7 +206,9 @@ async fn answer(
         _ => (
             settings.worker.apology.clone(),
             None,
-            Some(format!("agent `{agent_name}` or its model is not configured")),
+            Some(format!(
+                "agent `{agent_name}` or its model is not configured"
+            )),
             0,
         ),
     };

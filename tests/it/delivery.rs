@@ -9,9 +9,14 @@ use crate::{
 async fn a_delivery_that_fails_permanently_is_dead_with_its_history() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
     app.platform.set_mode(PlatformMode::Fail(400, None));
-    app.post_message(&TestMessage::direct("d1", "uma", "uma:hi")).await;
-    app.wait_until("SELECT count(*) FROM deliveries WHERE status = 'dead'", 1, Duration::from_secs(20))
+    app.post_message(&TestMessage::direct("d1", "uma", "uma:hi"))
         .await;
+    app.wait_until(
+        "SELECT count(*) FROM deliveries WHERE status = 'dead'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
     app.drain(Duration::from_secs(10)).await;
 
     let (class, last_error, attempts): (String, String, i32) =
@@ -22,11 +27,12 @@ async fn a_delivery_that_fails_permanently_is_dead_with_its_history() {
     assert_eq!(class, "permanent");
     assert!(last_error.contains("HTTP 400"), "{last_error}");
     assert_eq!(attempts, 1, "a permanent error is not retried");
-    let history: Vec<(i32, String, Option<i32>)> =
-        sqlx::query_as("SELECT attempt, outcome, status_code FROM delivery_attempts ORDER BY attempt")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let history: Vec<(i32, String, Option<i32>)> = sqlx::query_as(
+        "SELECT attempt, outcome, status_code FROM delivery_attempts ORDER BY attempt",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(history, vec![(1, "permanent".to_owned(), Some(400))]);
     assert_eq!(app.platform.requests(), 1);
     app.stop().await;
@@ -36,23 +42,32 @@ async fn a_delivery_that_fails_permanently_is_dead_with_its_history() {
 async fn transient_failures_are_retried_until_the_attempts_run_out() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
     app.platform.set_mode(PlatformMode::Fail(503, None));
-    app.post_message(&TestMessage::direct("d2", "vera", "vera:hi")).await;
-    app.wait_until("SELECT count(*) FROM deliveries WHERE status = 'dead'", 1, Duration::from_secs(30))
+    app.post_message(&TestMessage::direct("d2", "vera", "vera:hi"))
         .await;
+    app.wait_until(
+        "SELECT count(*) FROM deliveries WHERE status = 'dead'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
 
-    let (class, attempts): (String, i32) = sqlx::query_as("SELECT error_class, attempts FROM deliveries")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!((class.as_str(), attempts), ("exhausted", 3));
-    let history: Vec<(i32, String, Option<i32>)> =
-        sqlx::query_as("SELECT attempt, outcome, status_code FROM delivery_attempts ORDER BY attempt")
-            .fetch_all(&app.pool)
+    let (class, attempts): (String, i32) =
+        sqlx::query_as("SELECT error_class, attempts FROM deliveries")
+            .fetch_one(&app.pool)
             .await
             .unwrap();
+    assert_eq!((class.as_str(), attempts), ("exhausted", 3));
+    let history: Vec<(i32, String, Option<i32>)> = sqlx::query_as(
+        "SELECT attempt, outcome, status_code FROM delivery_attempts ORDER BY attempt",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(
         history,
-        (1..=3).map(|n| (n, "retryable".to_owned(), Some(503))).collect::<Vec<_>>()
+        (1..=3)
+            .map(|n| (n, "retryable".to_owned(), Some(503)))
+            .collect::<Vec<_>>()
     );
     assert_eq!(app.platform.requests(), 3);
     app.stop().await;
@@ -62,7 +77,8 @@ async fn transient_failures_are_retried_until_the_attempts_run_out() {
 async fn a_rate_limited_delivery_waits_for_retry_after_then_succeeds() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
     app.platform.script(&[PlatformMode::Fail(429, Some(2))]);
-    app.post_message(&TestMessage::direct("d3", "walt", "walt:hi")).await;
+    app.post_message(&TestMessage::direct("d3", "walt", "walt:hi"))
+        .await;
     let replies = app.wait_for_replies(1, Duration::from_secs(30)).await;
     app.drain(Duration::from_secs(10)).await;
 
@@ -74,11 +90,15 @@ async fn a_rate_limited_delivery_waits_for_retry_after_then_succeeds() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert!(waited >= 1.9, "second attempt after {waited}s; Retry-After said 2s");
-    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM deliveries")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert!(
+        waited >= 1.9,
+        "second attempt after {waited}s; Retry-After said 2s"
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), attempts), ("delivered", 2));
     assert_eq!(replies.len(), 1);
     app.stop().await;

@@ -162,8 +162,14 @@ async fn complete(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Res
     state.calls[index].finished = Some(Instant::now());
     match fault {
         Some(ModelFault::Status(status, retry_after)) => {
-            let code = if status == 429 { "rate_limit_exceeded" } else { "server_error" };
-            let body = Json(json!({"error": {"message": "scripted fault", "type": code, "param": null, "code": code}}));
+            let code = if status == 429 {
+                "rate_limit_exceeded"
+            } else {
+                "server_error"
+            };
+            let body = Json(
+                json!({"error": {"message": "scripted fault", "type": code, "param": null, "code": code}}),
+            );
             let status = StatusCode::from_u16(status).unwrap();
             match retry_after {
                 Some(secs) => (status, [("retry-after", secs.to_string())], body).into_response(),
@@ -247,7 +253,11 @@ impl FakePlatform {
     }
 
     pub fn script(&self, answers: &[PlatformMode]) {
-        self.state.lock().unwrap().script.extend(answers.iter().copied());
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(answers.iter().copied());
     }
 
     pub fn replies(&self) -> Vec<ReceivedReply> {
@@ -270,7 +280,12 @@ async fn receive(
 ) -> Response {
     let mut state = state.lock().unwrap();
     state.requests += 1;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
     let signed = SignedHeaders {
         id: header("webhook-id"),
         timestamp: header("webhook-timestamp"),
@@ -295,7 +310,9 @@ async fn receive(
         PlatformMode::Fail(status, retry_after) => {
             let status = StatusCode::from_u16(status).unwrap();
             match retry_after {
-                Some(secs) => (status, [("retry-after", secs.to_string())], "try later").into_response(),
+                Some(secs) => {
+                    (status, [("retry-after", secs.to_string())], "try later").into_response()
+                }
                 None => (status, "refused").into_response(),
             }
         }

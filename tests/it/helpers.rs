@@ -3,7 +3,7 @@
 //! platform on loopback, and one typed helper per endpoint.
 
 use std::{
-    sync::{Arc, Once},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,18 +23,12 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const CONNECTOR: &str = "web";
 
 pub fn postgres_base() -> String {
-    std::env::var("MICROCLAW_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("MICROCLAW_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn redis_url() -> String {
     std::env::var("MICROCLAW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn install_tls_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// A fresh database with every migration applied.
@@ -96,7 +90,13 @@ impl Default for TestConfig {
 }
 
 impl TestConfig {
-    pub fn toml(&self, database_url: &str, model: &FakeModel, platform: &FakePlatform, key_prefix: &str) -> String {
+    pub fn toml(
+        &self,
+        database_url: &str,
+        model: &FakeModel,
+        platform: &FakePlatform,
+        key_prefix: &str,
+    ) -> String {
         format!(
             r#"
 [database]
@@ -237,11 +237,14 @@ pub struct TestApp {
 impl TestApp {
     /// The receiver only; start workers with [`TestApp::start_worker`].
     pub async fn spawn(config: TestConfig) -> Self {
-        install_tls_provider();
+        microclaw::install_tls_provider();
         let model = FakeModel::start().await;
         let platform = FakePlatform::start(SECRET).await;
         let db = TestDb::create().await;
-        let database_url = config.database_url.clone().unwrap_or_else(|| db.url.clone());
+        let database_url = config
+            .database_url
+            .clone()
+            .unwrap_or_else(|| db.url.clone());
         let key_prefix = format!("test-{}", db.name);
         let config_toml = config.toml(&database_url, &model, &platform, &key_prefix);
         let settings = Settings::from_toml(&config_toml, &test_env).expect("test config is valid");
@@ -250,7 +253,11 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = Shutdown::new();
-        let receiver = tokio::spawn(roles::serve_receiver(deployment.clone(), listener, shutdown));
+        let receiver = tokio::spawn(roles::serve_receiver(
+            deployment.clone(),
+            listener,
+            shutdown,
+        ));
         let pool = PgPool::connect(&db.url).await.unwrap();
         TestApp {
             address,
@@ -275,8 +282,11 @@ impl TestApp {
 
     /// Starts one more in-process worker (its own worker id, its own queue listeners).
     pub fn start_worker(&mut self) {
-        let deployment =
-            Deployment::with_pool(self.deployment.settings.clone(), self.deployment.pool.clone()).unwrap();
+        let deployment = Deployment::with_pool(
+            self.deployment.settings.clone(),
+            self.deployment.pool.clone(),
+        )
+        .unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let handle = tokio::spawn(roles::run_worker(deployment, None, shutdown));
         self.workers.push((trigger, handle));
@@ -290,14 +300,41 @@ impl TestApp {
     }
 
     pub async fn post_message(&self, message: &TestMessage) -> reqwest::Response {
-        self.post_signed(CONNECTOR, &message.body(), &format!("wh-{}", message.id), chrono::Utc::now().timestamp())
+        self.post_signed(
+            CONNECTOR,
+            &message.body(),
+            &format!("wh-{}", message.id),
+            chrono::Utc::now().timestamp(),
+        )
+        .await
+    }
+
+    pub async fn post_signed(
+        &self,
+        connector: &str,
+        body: &str,
+        webhook_id: &str,
+        timestamp: i64,
+    ) -> reqwest::Response {
+        self.post_signed_at(&self.address, connector, body, webhook_id, timestamp)
             .await
     }
 
-    pub async fn post_signed(&self, connector: &str, body: &str, webhook_id: &str, timestamp: i64) -> reqwest::Response {
-        let signature = SigningKey::parse(SECRET).unwrap().sign(webhook_id, timestamp, body.as_bytes());
+    /// Posts a correctly signed webhook to the receiver at `base` (another process).
+    pub async fn post_signed_at(
+        &self,
+        base: &str,
+        connector: &str,
+        body: &str,
+        webhook_id: &str,
+        timestamp: i64,
+    ) -> reqwest::Response {
+        let signature =
+            SigningKey::parse(SECRET)
+                .unwrap()
+                .sign(webhook_id, timestamp, body.as_bytes());
         self.http
-            .post(format!("{}/hooks/{connector}", self.address))
+            .post(format!("{base}/hooks/{connector}"))
             .header("content-type", "application/json")
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -339,7 +376,10 @@ impl TestApp {
             if open == 0 {
                 return;
             }
-            assert!(started.elapsed() < deadline, "queues did not drain within {deadline:?}: {open} open jobs");
+            assert!(
+                started.elapsed() < deadline,
+                "queues did not drain within {deadline:?}: {open} open jobs"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -355,12 +395,47 @@ impl TestApp {
             if value == expected {
                 return;
             }
-            assert!(started.elapsed() < deadline, "`{sql}` is {value}, expected {expected} within {deadline:?}");
+            assert!(
+                started.elapsed() < deadline,
+                "`{sql}` is {value}, expected {expected} within {deadline:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// Writes this app's configuration to a file and runs the real binary on it,
+    /// with `receiver.listen` set to `listen` when given.
+    pub fn spawn_binary(&self, args: &[&str], listen: Option<&str>) -> tokio::process::Child {
+        let dir = std::env::temp_dir().join(format!("microclaw-{}", self.db.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4().simple()));
+        let config = match listen {
+            Some(address) => self.config_toml.replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{address}\""),
+                1,
+            ),
+            None => self.config_toml.clone(),
+        };
+        std::fs::write(&path, config).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("DATABASE_URL")
+            .env("TEST_SECRET", SECRET)
+            .env("TEST_MODEL_KEY", "sk-test")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
     pub async fn stop(mut self) {
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("microclaw-{}", self.db.name)))
+            .ok();
         self.stop_workers().await;
         if let Some((trigger, handle)) = self.receiver.take() {
             trigger.trigger();

@@ -46,8 +46,14 @@ async fn burst_into_one_session_is_answered_in_order_without_overlap() {
     assert_eq!(answered, expected, "replies follow arrival order");
     let calls = app.model.calls();
     let asked: Vec<String> = calls.iter().map(|c| c.user_messages.join(",")).collect();
-    assert_eq!(asked, order, "the model saw the messages in arrival order, one per turn");
-    assert!(!app.model.session_overlap(), "two turns of one session overlapped");
+    assert_eq!(
+        asked, order,
+        "the model saw the messages in arrival order, one per turn"
+    );
+    assert!(
+        !app.model.session_overlap(),
+        "two turns of one session overlapped"
+    );
     app.stop().await;
 }
 
@@ -59,11 +65,17 @@ async fn collect_mode_folds_messages_that_arrive_during_a_turn() {
     app.start_worker();
 
     let started = app.model.call_started.notified();
-    app.post_message(&TestMessage::direct("c1", "liam", "liam:1")).await;
+    app.post_message(&TestMessage::direct("c1", "liam", "liam:1"))
+        .await;
     started.await;
     // While the first turn waits on the model, four more arrive.
     for i in 2..=5 {
-        app.post_message(&TestMessage::direct(&format!("c{i}"), "liam", &format!("liam:{i}"))).await;
+        app.post_message(&TestMessage::direct(
+            &format!("c{i}"),
+            "liam",
+            &format!("liam:{i}"),
+        ))
+        .await;
     }
     app.wait_for_replies(2, Duration::from_secs(20)).await;
     app.drain(Duration::from_secs(10)).await;
@@ -71,7 +83,10 @@ async fn collect_mode_folds_messages_that_arrive_during_a_turn() {
     let calls = app.model.calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0].user_messages, ["liam:1"]);
-    assert_eq!(calls[1].user_messages, ["liam:2", "liam:3", "liam:4", "liam:5"]);
+    assert_eq!(
+        calls[1].user_messages,
+        ["liam:2", "liam:3", "liam:4", "liam:5"]
+    );
     let replies = app.platform.replies();
     assert_eq!(replies.len(), 2);
     assert_eq!(replies[1].event.data.in_reply_to, ["c2", "c3", "c4", "c5"]);
@@ -96,8 +111,12 @@ async fn different_sessions_run_in_parallel() {
         "sessions should not wait for each other (max in flight {})",
         app.model.max_in_flight()
     );
-    let sessions: std::collections::BTreeSet<String> =
-        app.model.calls().into_iter().map(|c| c.session_tag).collect();
+    let sessions: std::collections::BTreeSet<String> = app
+        .model
+        .calls()
+        .into_iter()
+        .map(|c| c.session_tag)
+        .collect();
     assert_eq!(sessions.len(), 4);
     assert!(!app.model.session_overlap());
     app.stop().await;

@@ -6,7 +6,9 @@ use crate::helpers::{CONNECTOR, TestApp, TestConfig, TestMessage};
 async fn signed_webhook_becomes_one_signed_reply_at_the_platform() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
 
-    let response = app.post_message(&TestMessage::direct("m1", "alice", "alice:hello")).await;
+    let response = app
+        .post_message(&TestMessage::direct("m1", "alice", "alice:hello"))
+        .await;
     assert_eq!(response.status(), 200);
     let accepted: serde_json::Value = response.json().await.unwrap();
     assert_eq!(accepted["status"], "accepted");
@@ -19,18 +21,29 @@ async fn signed_webhook_becomes_one_signed_reply_at_the_platform() {
     assert_eq!(reply.event.data.recipient_id, "alice");
     assert_eq!(reply.event.data.conversation_id, "dm-alice");
     assert_eq!(reply.event.data.in_reply_to, vec!["m1".to_owned()]);
-    assert_eq!(reply.event.data.trace_id, trace_id, "one id from the inbound event to the delivery");
+    assert_eq!(
+        reply.event.data.trace_id, trace_id,
+        "one id from the inbound event to the delivery"
+    );
     assert_eq!(reply.webhook_id, reply.event.data.delivery_id.to_string());
     assert_eq!(app.platform.bad_signatures(), 0);
 
     app.drain(Duration::from_secs(10)).await;
     let (status, attempts): (String, i32) =
-        sqlx::query_as("SELECT status, attempts FROM deliveries").fetch_one(&app.pool).await.unwrap();
+        sqlx::query_as("SELECT status, attempts FROM deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), attempts), ("delivered", 1));
-    assert_eq!(app.count("SELECT count(*) FROM turns WHERE status = 'completed'").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM turns WHERE status = 'completed'")
+            .await,
+        1
+    );
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 2);
     assert_eq!(
-        app.count("SELECT count(*) FROM inbound_events WHERE status = 'answered'").await,
+        app.count("SELECT count(*) FROM inbound_events WHERE status = 'answered'")
+            .await,
         1
     );
     app.stop().await;
@@ -39,16 +52,21 @@ async fn signed_webhook_becomes_one_signed_reply_at_the_platform() {
 #[tokio::test]
 async fn history_is_given_to_the_model_on_the_next_turn() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
-    app.post_message(&TestMessage::direct("m1", "bob", "bob:first")).await;
+    app.post_message(&TestMessage::direct("m1", "bob", "bob:first"))
+        .await;
     app.wait_for_replies(1, Duration::from_secs(15)).await;
-    app.post_message(&TestMessage::direct("m2", "bob", "bob:second")).await;
+    app.post_message(&TestMessage::direct("m2", "bob", "bob:second"))
+        .await;
     app.wait_for_replies(2, Duration::from_secs(15)).await;
 
     let calls = app.model.calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1].user_messages, vec!["bob:second".to_owned()]);
     let history: Vec<(String, String)> =
-        sqlx::query_as("SELECT role, content FROM messages ORDER BY id").fetch_all(&app.pool).await.unwrap();
+        sqlx::query_as("SELECT role, content FROM messages ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     let roles: Vec<&str> = history.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
     app.stop().await;
@@ -73,7 +91,11 @@ async fn duplicate_webhook_gives_one_reply() {
     app.drain(Duration::from_secs(10)).await;
     assert_eq!(app.platform.replies().len(), 1);
     assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 1);
-    assert_eq!(app.count("SELECT count(*) FROM apalis.jobs WHERE job_type = 'microclaw.turns'").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE job_type = 'microclaw.turns'")
+            .await,
+        1
+    );
     assert_eq!(app.model.calls().len(), 1);
     app.stop().await;
 }
@@ -98,20 +120,33 @@ async fn concurrent_duplicates_without_redis_create_one_event() {
     assert_eq!(accepted, 1);
     assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 1);
-    assert_eq!(app.count("SELECT last_inbound_seq FROM sessions").await, 1, "a duplicate leaves no sequence gap");
+    assert_eq!(
+        app.count("SELECT last_inbound_seq FROM sessions").await,
+        1,
+        "a duplicate leaves no sequence gap"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn accepted_events_are_remembered_in_the_redis_dedup_cache() {
     let app = TestApp::spawn(TestConfig::default()).await;
-    app.post_message(&TestMessage::direct("r-1", "erin", "erin:hi")).await;
+    app.post_message(&TestMessage::direct("r-1", "erin", "erin:hi"))
+        .await;
     let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{}:dedup:{CONNECTOR}:r-1", app.key_prefix);
-    let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     assert!(exists, "{key} should be set after the commit");
-    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut connection).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     assert!(ttl > 0, "the dedup key expires");
     app.stop().await;
 }
@@ -126,7 +161,10 @@ async fn redis_down_loses_nothing() {
     let message = TestMessage::direct("nr-1", "frank", "frank:no redis");
     assert_eq!(app.post_message(&message).await.status(), 200);
     let again: serde_json::Value = app.post_message(&message).await.json().await.unwrap();
-    assert_eq!(again["status"], "duplicate", "Postgres dedups when Redis is down");
+    assert_eq!(
+        again["status"], "duplicate",
+        "Postgres dedups when Redis is down"
+    );
     app.wait_for_replies(1, Duration::from_secs(15)).await;
     app.drain(Duration::from_secs(10)).await;
     assert_eq!(app.platform.replies().len(), 1);
@@ -146,7 +184,8 @@ async fn group_conversation_has_one_session_for_all_members() {
         };
         assert_eq!(app.post_message(&message).await.status(), 200);
     }
-    app.post_message(&TestMessage::direct("d1", "gina", "gina:private")).await;
+    app.post_message(&TestMessage::direct("d1", "gina", "gina:private"))
+        .await;
     app.wait_for_replies(2, Duration::from_secs(15)).await;
     app.drain(Duration::from_secs(10)).await;
     assert_eq!(app.count("SELECT count(*) FROM sessions").await, 2);

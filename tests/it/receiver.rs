@@ -5,10 +5,17 @@ async fn assert_refused(app: &TestApp, response: reqwest::Response, status: u16,
     assert_eq!(response.status(), status);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "a reason is given: {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "a reason is given: {body}"
+    );
     assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM sessions").await, 0);
-    assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 0, "nothing is enqueued");
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs").await,
+        0,
+        "nothing is enqueued"
+    );
 }
 
 #[tokio::test]
@@ -25,7 +32,10 @@ async fn bad_input_gets_the_right_4xx_and_enqueues_nothing() {
         .post(&url)
         .header("webhook-id", "wh-1")
         .header("webhook-timestamp", now.to_string())
-        .header("webhook-signature", other.sign("wh-1", now, body.as_bytes()))
+        .header(
+            "webhook-signature",
+            other.sign("wh-1", now, body.as_bytes()),
+        )
         .body(body.clone())
         .send()
         .await
@@ -41,7 +51,9 @@ async fn bad_input_gets_the_right_4xx_and_enqueues_nothing() {
     assert_refused(&app, unsigned, 400, "missing_header").await;
 
     // Correctly signed, not JSON.
-    let malformed = app.post_signed(CONNECTOR, "{\"type\": \"message.created\", ", "wh-3", now).await;
+    let malformed = app
+        .post_signed(CONNECTOR, "{\"type\": \"message.created\", ", "wh-3", now)
+        .await;
     assert_refused(&app, malformed, 400, "malformed_body").await;
 
     // Correctly signed JSON missing the sender.
@@ -79,7 +91,12 @@ async fn verified_events_of_other_types_are_acknowledged_and_ignored() {
     let app = TestApp::spawn(TestConfig::default()).await;
     let now = chrono::Utc::now().timestamp();
     let response = app
-        .post_signed(CONNECTOR, r#"{"type":"message.deleted","data":{"message_id":"m"}}"#, "wh-1", now)
+        .post_signed(
+            CONNECTOR,
+            r#"{"type":"message.deleted","data":{"message_id":"m"}}"#,
+            "wh-1",
+            now,
+        )
         .await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -95,15 +112,27 @@ async fn postgres_unreachable_gives_503_so_the_platform_retries() {
         ..TestConfig::default()
     };
     let app = TestApp::spawn(config).await;
-    let response = app.post_message(&TestMessage::direct("m1", "judy", "judy:hi")).await;
+    let response = app
+        .post_message(&TestMessage::direct("m1", "judy", "judy:hi"))
+        .await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "unavailable");
 
-    let ready = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
-    let alive = app.http.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    let alive = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(alive.status(), 200);
     app.stop().await;
 }
@@ -111,7 +140,12 @@ async fn postgres_unreachable_gives_503_so_the_platform_retries() {
 #[tokio::test]
 async fn readiness_reports_a_reachable_database() {
     let app = TestApp::spawn(TestConfig::default()).await;
-    let ready = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     app.stop().await;
 }

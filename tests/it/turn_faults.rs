@@ -1,4 +1,4 @@
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use microclaw::store::sessions::{self, PendingEvent, TurnCommit, TurnRecord};
 
@@ -11,27 +11,15 @@ use crate::{
 async fn reply_is_sent_once_when_the_worker_process_dies_mid_turn() {
     let mut app = TestApp::spawn(TestConfig::default()).await;
     app.model.set_delay(Duration::from_millis(1000));
-    let dir = std::env::temp_dir().join(format!("microclaw-{}", app.db.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("microclaw.toml");
-    std::fs::write(&config_path, &app.config_toml).unwrap();
-
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"))
-        .arg("worker")
-        .arg("--config")
-        .arg(&config_path)
-        .env_remove("DATABASE_URL")
-        .env("TEST_SECRET", crate::helpers::SECRET)
-        .env("TEST_MODEL_KEY", "sk-test")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut worker = app.spawn_binary(&["worker"], None);
 
     let model_called = app.model.call_started.notified();
-    assert_eq!(app.post_message(&TestMessage::direct("k1", "quinn", "quinn:hello")).await.status(), 200);
+    assert_eq!(
+        app.post_message(&TestMessage::direct("k1", "quinn", "quinn:hello"))
+            .await
+            .status(),
+        200
+    );
     tokio::time::timeout(Duration::from_secs(30), model_called)
         .await
         .expect("the worker process should call the model");
@@ -47,10 +35,17 @@ async fn reply_is_sent_once_when_the_worker_process_dies_mid_turn() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     assert_eq!(app.platform.replies().len(), 1, "exactly one reply");
-    assert_eq!(app.model.calls().len(), 2, "the turn was rerun by another worker");
+    assert_eq!(
+        app.model.calls().len(),
+        2,
+        "the turn was rerun by another worker"
+    );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
-    assert_eq!(app.count("SELECT count(*) FROM messages WHERE role = 'assistant'").await, 1);
-    std::fs::remove_dir_all(dir).ok();
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages WHERE role = 'assistant'")
+            .await,
+        1
+    );
     app.stop().await;
 }
 
@@ -58,19 +53,24 @@ async fn reply_is_sent_once_when_the_worker_process_dies_mid_turn() {
 async fn model_429_with_retry_after_is_retried_after_that_delay() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
     app.model.push_fault(ModelFault::Status(429, Some(1)));
-    app.post_message(&TestMessage::direct("rl1", "rita", "rita:hi")).await;
+    app.post_message(&TestMessage::direct("rl1", "rita", "rita:hi"))
+        .await;
     let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
     assert_eq!(replies[0].event.data.text, "answer to [rita:hi]");
 
     let calls = app.model.calls();
     assert_eq!(calls.len(), 2);
     let waited = calls[1].started - calls[0].finished.unwrap();
-    assert!(waited >= Duration::from_millis(950), "retried after {waited:?}, Retry-After said 1s");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}, Retry-After said 1s"
+    );
     app.drain(Duration::from_secs(10)).await;
-    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, model_attempts FROM turns")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, model_attempts FROM turns")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), attempts), ("completed", 2));
     app.stop().await;
 }
@@ -79,9 +79,13 @@ async fn model_429_with_retry_after_is_retried_after_that_delay() {
 async fn a_model_that_keeps_failing_gets_the_user_the_apology() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
     app.model.always_fail(500);
-    app.post_message(&TestMessage::direct("f1", "sam", "sam:hi")).await;
+    app.post_message(&TestMessage::direct("f1", "sam", "sam:hi"))
+        .await;
     let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
-    assert_eq!(replies[0].event.data.text, "Sorry, the model is unavailable.");
+    assert_eq!(
+        replies[0].event.data.text,
+        "Sorry, the model is unavailable."
+    );
     app.drain(Duration::from_secs(10)).await;
 
     assert_eq!(app.model.calls().len(), 3, "model.max_attempts calls");
@@ -93,25 +97,50 @@ async fn a_model_that_keeps_failing_gets_the_user_the_apology() {
     assert_eq!(status, "failed");
     assert_eq!(attempts, 3);
     assert!(error.unwrap().contains("HTTP 500"));
-    assert_eq!(app.count("SELECT count(*) FROM inbound_events WHERE status = 'failed'").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM inbound_events WHERE status = 'failed'")
+            .await,
+        1
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_turn_whose_lease_was_taken_over_writes_nothing() {
     let app = TestApp::spawn(TestConfig::default()).await;
-    app.post_message(&TestMessage::direct("fx1", "tina", "tina:hi")).await;
-    let session_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions").fetch_one(&app.pool).await.unwrap();
+    app.post_message(&TestMessage::direct("fx1", "tina", "tina:hi"))
+        .await;
+    let session_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     let pool = &app.pool;
 
-    let slow = sessions::try_acquire(pool, session_id, "slow", Duration::from_millis(300)).await.unwrap().unwrap();
-    assert!(sessions::try_acquire(pool, session_id, "fast", Duration::from_secs(5)).await.unwrap().is_none());
+    let slow = sessions::try_acquire(pool, session_id, "slow", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        sessions::try_acquire(pool, session_id, "fast", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let fast = sessions::try_acquire(pool, session_id, "fast", Duration::from_secs(5)).await.unwrap().unwrap();
+    let fast = sessions::try_acquire(pool, session_id, "fast", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(fast.epoch > slow.epoch);
-    assert!(!sessions::extend(pool, slow, Duration::from_secs(5)).await.unwrap());
+    assert!(
+        !sessions::extend(pool, slow, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
 
-    let events: Vec<PendingEvent> = sessions::pending_events(pool, session_id, 0, 10).await.unwrap();
+    let events: Vec<PendingEvent> = sessions::pending_events(pool, session_id, 0, 10)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     let record = |lease| TurnRecord {
         turn_id: uuid::Uuid::now_v7(),
@@ -127,11 +156,22 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing() {
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
     };
-    assert_eq!(sessions::commit_turn(pool, record(slow)).await.unwrap(), TurnCommit::Fenced);
+    assert_eq!(
+        sessions::commit_turn(pool, record(slow)).await.unwrap(),
+        TurnCommit::Fenced
+    );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
-    assert_eq!(sessions::commit_turn(pool, record(fast)).await.unwrap(), TurnCommit::Committed);
+    assert_eq!(
+        sessions::commit_turn(pool, record(fast)).await.unwrap(),
+        TurnCommit::Committed
+    );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
-    assert_eq!(sessions::release(pool, fast, Duration::from_secs(5)).await.unwrap(), sessions::Release::Released);
+    assert_eq!(
+        sessions::release(pool, fast, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        sessions::Release::Released
+    );
     app.stop().await;
 }
