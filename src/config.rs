@@ -289,7 +289,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            level: "info".into(),
+            level: "info,sqlx=warn".into(),
         }
     }
 }
