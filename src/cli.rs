@@ -127,10 +127,11 @@ fn config_check(path: &std::path::Path, settings: &Settings) -> ExitCode {
 
 /// Creates the database when missing, then applies every migration.
 async fn migrate(deployment: &Deployment) -> anyhow::Result<()> {
-    if crate::store::create_database_if_missing(&deployment.settings.database.url).await? {
+    let store = &deployment.store;
+    if store.create_database_if_missing(&deployment.settings.database.url).await? {
         tracing::info!("database created");
     }
-    crate::store::migrate(&deployment.pool).await?;
+    store.migrate().await?;
     tracing::info!("migrations applied");
     Ok(())
 }
@@ -143,24 +144,24 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     });
     match command {
         Command::Migrate => {
-            let deployment = Deployment::new(settings)?;
+            let deployment = Deployment::new(settings).await?;
             migrate(&deployment).await
         }
         Command::Receiver => {
             let listener = roles::bind(&settings.receiver.listen).await?;
-            let deployment = Deployment::new(settings)?;
+            let deployment = Deployment::new(settings).await?;
             roles::serve_receiver(deployment, listener, shutdown).await
         }
         Command::Worker => {
             let listener = roles::bind(&settings.worker.listen).await?;
-            let deployment = Deployment::new(settings)?;
+            let deployment = Deployment::new(settings).await?;
             roles::run_worker(deployment, Some(listener), shutdown).await
         }
         Command::All {
             migrate: migrate_first,
         } => {
             let listener = roles::bind(&settings.receiver.listen).await?;
-            let deployment = Deployment::new(settings)?;
+            let deployment = Deployment::new(settings).await?;
             if migrate_first {
                 migrate(&deployment).await?;
             }

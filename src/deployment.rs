@@ -4,12 +4,12 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
 
 use crate::{
     channels::{self, Channel},
     config::{ConnectorSettings, Settings},
     dedup::DedupCache,
+    store::Store,
     providers::ModelRoute,
 };
 
@@ -31,21 +31,21 @@ impl Connector {
 
 pub struct Deployment {
     pub settings: Settings,
-    pub pool: PgPool,
+    pub store: Store,
     pub connectors: HashMap<String, Connector>,
     pub models: HashMap<String, ModelRoute>,
     pub dedup: Option<DedupCache>,
 }
 
 impl Deployment {
-    /// Builds the deployment without touching the network: the pool and Redis
-    /// connect lazily, so a role starts (and reports not ready) while they are down.
-    pub fn new(settings: Settings) -> anyhow::Result<Arc<Self>> {
-        let pool = crate::store::connect_lazy(&settings.database)?;
-        Self::with_pool(settings, pool)
+    /// Builds the deployment. Postgres and Redis connect lazily, so a role starts
+    /// (and reports not ready) while they are down; an embedded SQLite file is opened.
+    pub async fn new(settings: Settings) -> anyhow::Result<Arc<Self>> {
+        let store = Store::open(&settings.database).await?;
+        Self::with_store(settings, store)
     }
 
-    pub fn with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Arc<Self>> {
+    pub fn with_store(settings: Settings, store: Store) -> anyhow::Result<Arc<Self>> {
         crate::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(settings.delivery.request_timeout.0)
@@ -84,7 +84,7 @@ impl Deployment {
         };
         Ok(Arc::new(Self {
             settings,
-            pool,
+            store,
             connectors,
             models,
             dedup,

@@ -85,7 +85,7 @@ pub async fn run_worker(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let health_server = health.map(|listener| {
-        let app = crate::health::router(deployment.pool.clone());
+        let app = crate::health::router(deployment.store.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)

@@ -22,10 +22,7 @@ use serde_json::json;
 use crate::{
     channels::{Inbound, InboundError, InboundRequest},
     deployment::Deployment,
-    store::{
-        StoreError,
-        inbound::{self, Recorded, Routing},
-    },
+    store::{Recorded, Routing, StoreError},
 };
 
 pub fn router(deployment: Arc<Deployment>) -> Router {
@@ -34,7 +31,7 @@ pub fn router(deployment: Arc<Deployment>) -> Router {
         .route("/hooks/{connector_id}", get(hook).post(hook))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(deployment.clone())
-        .merge(crate::health::router(deployment.pool.clone()))
+        .merge(crate::health::router(deployment.store.clone()))
 }
 
 /// Why a webhook was not accepted.
@@ -121,13 +118,10 @@ async fn hook(
         channel: connector.channel.kind().as_str(),
         agent: connector.agent(),
     };
-    let recorded = inbound::record(
-        &deployment.pool,
-        &routing,
-        &message,
-        deployment.settings.worker.turn_job_attempts,
-    )
-    .await
+    let recorded = deployment
+        .store
+        .record_inbound(&routing, &message, deployment.settings.worker.turn_job_attempts)
+        .await
     .map_err(|e| {
         tracing::warn!(connector = %connector_id, error = %e, "could not record inbound event");
         ReceiverError::Unavailable(e)

@@ -1,4 +1,8 @@
-//! Postgres: the source of truth for sessions, messages, deliveries and the queue.
+//! The store: the source of truth for sessions, messages, deliveries and the queue.
+//!
+//! One interface ([`Store`]), two backends: Postgres in production, an embedded
+//! SQLite file for `microclaw dev`. Both keep the same guarantees, and the same
+//! storage test suite runs against both.
 //!
 //! Every state change that carries a guarantee happens in one transaction together
 //! with the queue writes it implies (a transactional outbox): the inbound event and
@@ -6,22 +10,18 @@
 //! attempt's outcome and the job of the next attempt. A job therefore exists if and
 //! only if the state that needs it was committed.
 
-pub mod deliveries;
-pub mod inbound;
-pub mod sessions;
+pub mod postgres;
+pub mod records;
+pub mod sqlite;
 
 use std::time::Duration;
 
-use apalis_core::task::builder::TaskBuilder;
-use microclaw_jobs::Job;
-use sqlx::{
-    PgPool, Postgres, Transaction,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use apalis_core::task::{Task, builder::TaskBuilder};
+use microclaw_jobs::{DeliveryJob, Job};
+use uuid::Uuid;
 
-use crate::config::DatabaseConfig;
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+use crate::channels::InboundMessage;
+pub use records::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,70 +29,226 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("queue: {0}")]
     Queue(#[from] apalis_postgres::Error),
+    #[error("queue: {0}")]
+    SqliteQueue(#[from] apalis_sqlite::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// Opens a pool without waiting for the database: a receiver must start (and
-/// answer 503) while Postgres is down.
-pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = config.url.parse()?;
-    Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout.0)
-        .connect_lazy_with(options))
+/// A store on one of the two backends.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
 }
 
-/// Creates the configured database when the server does not have it yet.
-pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
-    use sqlx::migrate::MigrateDatabase;
-    if Postgres::database_exists(url).await? {
-        return Ok(false);
+impl Store {
+    /// Opens the store `database.url` names: `postgres://…` (lazily: a receiver
+    /// must start, and answer 503, while Postgres is down) or `sqlite://PATH`.
+    pub async fn open(config: &crate::config::DatabaseConfig) -> Result<Self, StoreError> {
+        match config.url.strip_prefix("sqlite://") {
+            Some(path) => Ok(Store::Sqlite(sqlite::open(std::path::Path::new(path)).await?)),
+            None => Ok(Store::Postgres(postgres::connect_lazy(config)?)),
+        }
     }
-    Postgres::create_database(url).await?;
-    Ok(true)
+
+    /// Creates the database when the server does not have it yet (Postgres; a
+    /// SQLite file is created when opened).
+    pub async fn create_database_if_missing(&self, url: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(_) => postgres::create_database_if_missing(url).await,
+            Store::Sqlite(_) => Ok(false),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the queue's migrations and ours.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::migrate(pool).await,
+            Store::Sqlite(pool) => sqlite::migrate(pool).await,
+        }
+    }
+
+    /// Whether the store answers, within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        match self {
+            Store::Postgres(pool) => postgres::ping(pool, timeout).await,
+            Store::Sqlite(pool) => sqlite::ping(pool, timeout).await,
+        }
+    }
+
+    /// Records an inbound event and its turn job in one transaction, unless the
+    /// platform sent it before.
+    pub async fn record_inbound(
+        &self,
+        routing: &Routing<'_>,
+        message: &InboundMessage,
+        turn_job_attempts: usize,
+    ) -> Result<Recorded, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::inbound::record(pool, routing, message, turn_job_attempts).await
+            }
+            Store::Sqlite(pool) => {
+                sqlite::inbound::record(pool, routing, message, turn_job_attempts).await
+            }
+        }
+    }
+
+    /// Whether an inbound event has been answered (or given up on).
+    pub async fn event_is_settled(&self, event_id: Uuid) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::event_is_settled(pool, event_id).await,
+            Store::Sqlite(pool) => sqlite::sessions::event_is_settled(pool, event_id).await,
+        }
+    }
+
+    /// Takes a session's lease when it is free or expired, bumping its epoch.
+    pub async fn try_acquire_lease(
+        &self,
+        session_id: Uuid,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::try_acquire(pool, session_id, owner, ttl).await,
+            Store::Sqlite(pool) => sqlite::sessions::try_acquire(pool, session_id, owner, ttl).await,
+        }
+    }
+
+    pub async fn lease_state(&self, session_id: Uuid) -> Result<LeaseState, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::lease_state(pool, session_id).await,
+            Store::Sqlite(pool) => sqlite::sessions::lease_state(pool, session_id).await,
+        }
+    }
+
+    /// Extends a held lease; false when it was lost (expired and taken by another).
+    pub async fn extend_lease(&self, lease: Lease, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::extend(pool, lease, ttl).await,
+            Store::Sqlite(pool) => sqlite::sessions::extend(pool, lease, ttl).await,
+        }
+    }
+
+    /// Frees the lease when nothing is left to answer.
+    pub async fn release_lease(&self, lease: Lease, ttl: Duration) -> Result<Release, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::release(pool, lease, ttl).await,
+            Store::Sqlite(pool) => sqlite::sessions::release(pool, lease, ttl).await,
+        }
+    }
+
+    /// Gives a lease up without finishing (after an error), so the retry can take it.
+    pub async fn abandon_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::abandon(pool, lease).await,
+            Store::Sqlite(pool) => sqlite::sessions::abandon(pool, lease).await,
+        }
+    }
+
+    pub async fn session_info(&self, session_id: Uuid) -> Result<SessionInfo, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::session_info(pool, session_id).await,
+            Store::Sqlite(pool) => sqlite::sessions::session_info(pool, session_id).await,
+        }
+    }
+
+    /// Unanswered events after `after_seq`, in arrival order.
+    pub async fn pending_events(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::sessions::pending_events(pool, session_id, after_seq, limit).await
+            }
+            Store::Sqlite(pool) => {
+                sqlite::sessions::pending_events(pool, session_id, after_seq, limit).await
+            }
+        }
+    }
+
+    /// The last `limit` messages of a session, oldest first.
+    pub async fn recent_history(
+        &self,
+        session_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<HistoryMessage>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::recent_history(pool, session_id, limit).await,
+            Store::Sqlite(pool) => sqlite::sessions::recent_history(pool, session_id, limit).await,
+        }
+    }
+
+    /// Commits a turn in one transaction fenced by the lease epoch.
+    pub async fn commit_turn(&self, turn: TurnRecord<'_>) -> Result<TurnCommit, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::commit_turn(pool, turn).await,
+            Store::Sqlite(pool) => sqlite::sessions::commit_turn(pool, turn).await,
+        }
+    }
+
+    /// Marks the start of a delivery attempt; None when there is nothing to send.
+    pub async fn begin_attempt(&self, job: &DeliveryJob) -> Result<Option<DeliveryRow>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::deliveries::begin_attempt(pool, job).await,
+            Store::Sqlite(pool) => sqlite::deliveries::begin_attempt(pool, job).await,
+        }
+    }
+
+    /// Records an attempt's outcome and schedules what follows, in one transaction.
+    pub async fn finish_attempt(
+        &self,
+        job: &DeliveryJob,
+        outcome: AttemptOutcome<'_>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::deliveries::finish_attempt(pool, job, outcome).await,
+            Store::Sqlite(pool) => sqlite::deliveries::finish_attempt(pool, job, outcome).await,
+        }
+    }
+
+    /// Puts the unfinished jobs of the named queue workers back on their queues.
+    pub async fn return_unfinished_jobs(&self, workers: &[String]) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::return_unfinished(pool, workers).await,
+            Store::Sqlite(pool) => sqlite::return_unfinished(pool, workers).await,
+        }
+    }
 }
 
-/// Applies the queue's migrations (schema `apalis`) and ours (schema `public`).
-pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    apalis_postgres::PostgresStorage::setup(pool).await?;
-    MIGRATOR.run(pool).await?;
-    Ok(())
-}
-
-/// Whether the database answers, within `timeout`.
-pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await,
-        Ok(Ok(_))
-    )
-}
-
-/// How a job is put on its queue.
-pub struct Enqueue<'a, J: Job> {
-    pub job: &'a J,
-    pub idempotency_key: String,
-    pub max_attempts: usize,
-    pub run_after: Option<Duration>,
-}
-
-/// Pushes a job inside the caller's transaction: it exists only if the
-/// transaction commits.
-pub async fn enqueue<J: Job>(
-    tx: &mut Transaction<'_, Postgres>,
-    enqueue: Enqueue<'_, J>,
-) -> Result<(), StoreError> {
-    let mut builder = TaskBuilder::new(enqueue.job.encode())
-        .max_attempts(enqueue.max_attempts)
-        .idempotency_key(enqueue.idempotency_key);
-    if let Some(delay) = enqueue.run_after {
-        // The queue stores whole seconds; round up so a job never runs before its
+/// A queue task for `job`, due now or after `run_after`.
+pub(crate) fn queue_task<J: Job>(
+    job: &J,
+    idempotency_key: String,
+    max_attempts: usize,
+    run_after: Option<Duration>,
+) -> Task<Vec<u8>> {
+    let mut builder = TaskBuilder::new(job.encode())
+        .max_attempts(max_attempts)
+        .idempotency_key(idempotency_key);
+    if let Some(delay) = run_after {
+        // The queues store whole seconds; round up so a job never runs before its
         // wait (a platform's Retry-After is a "not before").
         let at = (std::time::SystemTime::now() + delay)
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         builder = builder.run_at_timestamp(at.as_secs() + u64::from(at.subsec_nanos() > 0));
     }
-    apalis_postgres::queries::push_tasks(&mut **tx, J::QUEUE, vec![builder.build()]).await?;
-    Ok(())
+    builder.build()
 }
+
+/// Queue attempts of a delivery job: one per delivery attempt, retries are
+/// scheduled by the delivery worker with their own waits. A second queue attempt
+/// only happens when a worker died mid-send.
+pub(crate) const DELIVERY_JOB_ATTEMPTS: usize = 3;

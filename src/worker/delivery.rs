@@ -15,7 +15,7 @@ use crate::{
     channels::{OutboundMessage, SendError},
     deployment::Deployment,
     retry::delivery_wait,
-    store::deliveries::{self, AttemptOutcome, DeadReason},
+    store::{AttemptOutcome, DeadReason},
 };
 
 pub async fn run(job: DeliveryJob, deployment: Data<Arc<Deployment>>) -> Result<(), BoxDynError> {
@@ -30,8 +30,8 @@ pub async fn run(job: DeliveryJob, deployment: Data<Arc<Deployment>>) -> Result<
 }
 
 async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {
-    let pool = &deployment.pool;
-    let Some(row) = deliveries::begin_attempt(pool, job).await? else {
+    let store = &deployment.store;
+    let Some(row) = store.begin_attempt(job).await? else {
         tracing::debug!("nothing to send (already delivered, dead, or this attempt ran)");
         return Ok(());
     };
@@ -77,6 +77,6 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
             "delivery is dead"
         ),
     }
-    deliveries::finish_attempt(pool, job, outcome).await?;
+    store.finish_attempt(job, outcome).await?;
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! The worker role: runs turn and delivery jobs from the Postgres queue.
+//! The worker role: runs turn and delivery jobs from the store's queue.
 //!
-//! Pickup latency: each queue listens on Postgres NOTIFY (apalis' insert trigger),
-//! so a new job starts within milliseconds; delayed jobs (delivery retries) are
-//! found by a poll every `worker.poll_interval`.
+//! Pickup latency: on Postgres each queue listens on NOTIFY (apalis' insert
+//! trigger), so a new job starts within milliseconds; delayed jobs (delivery
+//! retries) are found by a poll every `worker.poll_interval`. The embedded SQLite
+//! store (one process) polls every `worker.poll_interval`.
 //!
 //! Recovery: every worker heartbeats every quarter of `worker.recovery_window` and
 //! is taken for dead after three missed beats; live workers then put its jobs back
@@ -16,40 +17,21 @@
 pub mod delivery;
 pub mod turn;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
-use apalis_core::backend::ext::{
-    BackendExt,
-    poll_strategy::{PollWith, Strategy},
-};
-use apalis_postgres::{Config, PostgresStorage, Pubsub};
+use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
+use apalis_postgres::{PostgresStorage, Pubsub};
+use apalis_sqlite::SqliteStorage;
 use microclaw_jobs::{DeliveryJob, Job, TurnJob};
-use sqlx::PgPool;
 
-use crate::{config::WorkerConfig, deployment::Deployment};
+use crate::{deployment::Deployment, store::Store};
 
-fn queue_config(queue: &str, worker: &WorkerConfig, concurrency: usize) -> Config {
-    let mut config = Config::default()
-        .queue(queue)
-        .heartbeat_interval(worker.recovery_window.0 / 4)
-        .batch_size(concurrency.clamp(1, 20));
-    config.missed_heartbeats = 3;
-    config
+/// Heartbeat every quarter of the recovery window; dead after three missed beats.
+fn heartbeat(recovery_window: Duration) -> Duration {
+    recovery_window / 4
 }
-
-fn storage<J>(
-    pool: &PgPool,
-    config: Config,
-    worker: &WorkerConfig,
-) -> PollWith<PostgresStorage<J>, Strategy> {
-    let strategy = Strategy::new()
-        .stream(Pubsub::new(pool.clone(), config.queue.to_string()))
-        .interval(worker.poll_interval.0);
-    PostgresStorage::<J>::new(pool)
-        .with_config(config)
-        .poll_with_strategy(strategy)
-}
+const MISSED_HEARTBEATS: usize = 3;
 
 /// A name for this worker process, unique across restarts and replicas.
 pub fn worker_id() -> String {
@@ -58,84 +40,102 @@ pub fn worker_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &nonce[..8])
 }
 
+/// Registers one apalis worker for `$job` on `$monitor`, on the deployment's backend.
+macro_rules! register_queue {
+    ($monitor:expr, $store:expr, $job:ty, $name:expr, $data:expr, $concurrency:expr, $handler:path, $settings:expr) => {{
+        let name: String = $name;
+        let data = $data;
+        let concurrency: usize = $concurrency;
+        let beat = heartbeat($settings.recovery_window.0);
+        let poll = $settings.poll_interval.0;
+        let batch = concurrency.clamp(1, 20);
+        match $store.clone() {
+            Store::Postgres(pool) => $monitor.register(move |_| {
+                let mut config = apalis_postgres::Config::default()
+                    .queue(<$job>::QUEUE)
+                    .heartbeat_interval(beat)
+                    .batch_size(batch);
+                config.missed_heartbeats = MISSED_HEARTBEATS;
+                let strategy = Strategy::new()
+                    .stream(Pubsub::new(pool.clone(), <$job>::QUEUE.to_owned()))
+                    .interval(poll);
+                let backend = PostgresStorage::<$job>::new(&pool)
+                    .with_config(config)
+                    .poll_with_strategy(strategy);
+                WorkerBuilder::new(name.clone())
+                    .backend(backend)
+                    .data(data.clone())
+                    .concurrency(concurrency)
+                    .build($handler)
+            }),
+            Store::Sqlite(pool) => $monitor.register(move |_| {
+                let config = apalis_sqlite::Config::default()
+                    .queue(<$job>::QUEUE)
+                    .heartbeat_interval(beat)
+                    .missed_heartbeats(MISSED_HEARTBEATS)
+                    .batch_size(batch);
+                let backend = SqliteStorage::<$job>::new(&pool)
+                    .with_config(config)
+                    .poll_with_strategy(Strategy::new().interval(poll));
+                WorkerBuilder::new(name.clone())
+                    .backend(backend)
+                    .data(data.clone())
+                    .concurrency(concurrency)
+                    .build($handler)
+            }),
+        }
+    }};
+}
+
 /// Runs the workers until `shutdown` resolves, then drains within the grace period.
 pub async fn run(
     deployment: Arc<Deployment>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = &deployment.settings.worker;
-    let pool = deployment.pool.clone();
+    let store = deployment.store.clone();
     let id = worker_id();
     let turn_name = format!("{id}-turns");
     let delivery_name = format!("{id}-deliveries");
-    tracing::info!(worker = %id, "worker starting");
+    tracing::info!(worker = %id, backend = store.backend(), "worker starting");
 
     let turn_context = turn::TurnContext {
         deployment: deployment.clone(),
         worker_id: id.clone(),
     };
-    let turn_concurrency = settings.turn_concurrency;
-    let delivery_concurrency = settings.delivery_concurrency;
-    let turn_config = queue_config(TurnJob::QUEUE, settings, turn_concurrency);
-    let delivery_config = queue_config(DeliveryJob::QUEUE, settings, delivery_concurrency);
-    let worker_settings = settings.clone();
-    let turn_pool = pool.clone();
-    let turn_worker_name = turn_name.clone();
-    let delivery_pool = pool.clone();
-    let delivery_worker_name = delivery_name.clone();
-    let delivery_deployment = deployment.clone();
-    let delivery_settings = settings.clone();
-
-    let monitor = Monitor::new()
-        .register(move |_| {
-            WorkerBuilder::new(turn_worker_name.clone())
-                .backend(storage::<TurnJob>(
-                    &turn_pool,
-                    turn_config.clone(),
-                    &worker_settings,
-                ))
-                .data(turn_context.clone())
-                .concurrency(turn_concurrency)
-                .build(turn::run)
-        })
-        .register(move |_| {
-            WorkerBuilder::new(delivery_worker_name.clone())
-                .backend(storage::<DeliveryJob>(
-                    &delivery_pool,
-                    delivery_config.clone(),
-                    &delivery_settings,
-                ))
-                .data(delivery_deployment.clone())
-                .concurrency(delivery_concurrency)
-                .build(delivery::run)
-        })
-        .shutdown_timeout(settings.shutdown_grace.0);
+    let monitor = Monitor::new();
+    let monitor = register_queue!(
+        monitor,
+        store,
+        TurnJob,
+        turn_name.clone(),
+        turn_context,
+        settings.turn_concurrency,
+        turn::run,
+        settings
+    );
+    let monitor = register_queue!(
+        monitor,
+        store,
+        DeliveryJob,
+        delivery_name.clone(),
+        deployment.clone(),
+        settings.delivery_concurrency,
+        delivery::run,
+        settings
+    );
     let result = monitor
+        .shutdown_timeout(settings.shutdown_grace.0)
         .run_with_signal(async move {
             shutdown.await;
             tracing::info!("worker stopping: finishing in-flight jobs");
             Ok(())
         })
         .await;
-    let returned = return_unfinished(&pool, &[turn_name, delivery_name]).await?;
+    let returned = store.return_unfinished_jobs(&[turn_name, delivery_name]).await?;
     if returned > 0 {
-        tracing::warn!(
-            jobs = returned,
-            "in-flight jobs did not finish in time; returned to the queue"
-        );
+        tracing::warn!(jobs = returned, "in-flight jobs did not finish in time; returned to the queue");
     }
     tracing::info!(worker = %id, "worker stopped");
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
-}
-
-/// Puts this process's unfinished jobs back on their queues.
-async fn return_unfinished(pool: &PgPool, workers: &[String]) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
-          WHERE lock_by = ANY($1) AND status IN ('Running', 'Queued')",
-    )
-    .bind(workers)
-    .execute(pool)
-    .await?
-    .rows_affected())
 }

@@ -27,7 +27,7 @@ use crate::{
     providers::{ChatMessage, ChatRequest, Role},
     store::{
         StoreError,
-        sessions::{self, Lease, PendingEvent, PlannedDelivery, Release, TurnCommit, TurnRecord},
+        Lease, PendingEvent, PlannedDelivery, Release, Store, TurnCommit, TurnRecord,
     },
 };
 
@@ -60,24 +60,24 @@ pub async fn run(job: TurnJob, context: Data<TurnContext>) -> Result<(), BoxDynE
 
 async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), StoreError> {
     let deployment = &context.deployment;
-    let pool = &deployment.pool;
+    let store = &deployment.store;
     let ttl = deployment.settings.worker.session_lease.0;
-    if sessions::event_is_settled(pool, job.inbound_event_id).await? {
+    if store.event_is_settled(job.inbound_event_id).await? {
         tracing::debug!("event already answered");
         return Ok(());
     }
     let my_prefix = format!("{}@", job.inbound_event_id);
     let owner = format!("{my_prefix}{}", context.worker_id);
     let lease = loop {
-        if let Some(lease) = sessions::try_acquire(pool, job.session_id, &owner, ttl).await? {
+        if let Some(lease) = store.try_acquire_lease(job.session_id, &owner, ttl).await? {
             break lease;
         }
-        let state = sessions::lease_state(pool, job.session_id).await?;
+        let state = store.lease_state(job.session_id).await?;
         match state.lease_owner {
             Some(holder) if holder.starts_with(&my_prefix) => {
                 // An earlier run of this very job holds the lease: its worker died
                 // (or is slow). Wait for that lease to expire, unless it finishes.
-                if sessions::event_is_settled(pool, job.inbound_event_id).await? {
+                if store.event_is_settled(job.inbound_event_id).await? {
                     return Ok(());
                 }
                 let remaining =
@@ -97,7 +97,7 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
     };
     let result = drain(context, lease).await;
     if result.is_err()
-        && let Err(e) = sessions::abandon(pool, lease).await
+        && let Err(e) = store.abandon_lease(lease).await
     {
         tracing::warn!(error = %e, "could not give the lease up; it expires by itself");
     }
@@ -107,16 +107,16 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
 /// Answers unanswered events until none is left, holding the lease.
 async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
     let deployment = &context.deployment;
-    let pool = &deployment.pool;
+    let store = &deployment.store;
     let settings = &deployment.settings.worker;
     let limit = match settings.turn_mode {
         TurnMode::Collect => COLLECT_LIMIT,
         TurnMode::PerMessage => 1,
     };
     loop {
-        let session = sessions::session_info(pool, lease.session_id).await?;
+        let session = store.session_info(lease.session_id).await?;
         let events =
-            sessions::pending_events(pool, lease.session_id, session.processed_seq, limit).await?;
+            store.pending_events(lease.session_id, session.processed_seq, limit).await?;
         if !events.is_empty() {
             let committed = answer(context, lease, &session.agent, &events).await?;
             if committed == TurnCommit::Fenced {
@@ -126,7 +126,7 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
                 return Ok(());
             }
         }
-        match sessions::release(pool, lease, settings.session_lease.0).await? {
+        match store.release_lease(lease, settings.session_lease.0).await? {
             Release::Released | Release::Lost => return Ok(()),
             Release::MoreWork => continue,
         }
@@ -141,7 +141,7 @@ async fn answer(
     events: &[PendingEvent],
 ) -> Result<TurnCommit, StoreError> {
     let deployment = &context.deployment;
-    let pool = &deployment.pool;
+    let store = &deployment.store;
     let settings = &deployment.settings;
     let started_at = Utc::now();
     let trace_id = events
@@ -154,7 +154,7 @@ async fn answer(
     let (reply, model, error, attempts) = match (agent, route) {
         (Some(agent), Some(route)) => {
             let history =
-                sessions::recent_history(pool, lease.session_id, settings.worker.history_messages)
+                store.recent_history(lease.session_id, settings.worker.history_messages)
                     .await?;
             let mut messages = Vec::with_capacity(history.len() + events.len() + 1);
             if !agent.instructions.is_empty() {
@@ -176,7 +176,7 @@ async fn answer(
                 trace_id: trace_id.clone(),
             };
             let Some(outcome) = keep_lease_while(
-                pool,
+                store,
                 lease,
                 settings.worker.session_lease.0,
                 route.complete(&request),
@@ -240,9 +240,8 @@ async fn answer(
         }
     };
     let turn_id = Uuid::now_v7();
-    let committed = sessions::commit_turn(
-        pool,
-        TurnRecord {
+    let committed = store
+        .commit_turn(TurnRecord {
             turn_id,
             lease,
             events,
@@ -255,9 +254,8 @@ async fn answer(
             deliveries,
             delivery_max_attempts: settings.delivery.max_attempts,
             lease_ttl: settings.worker.session_lease.0,
-        },
-    )
-    .await?;
+        })
+        .await?;
     if committed == TurnCommit::Committed {
         tracing::info!(
             %turn_id,
@@ -275,7 +273,7 @@ async fn answer(
 /// Runs `work` while extending the lease every third of its lifetime. None when the
 /// lease was lost meanwhile (the work is dropped; another worker owns the session).
 async fn keep_lease_while<T>(
-    pool: &sqlx::PgPool,
+    store: &Store,
     lease: Lease,
     ttl: Duration,
     work: impl Future<Output = T>,
@@ -283,7 +281,7 @@ async fn keep_lease_while<T>(
     let keep = async {
         loop {
             tokio::time::sleep(ttl / 3).await;
-            match sessions::extend(pool, lease, ttl).await {
+            match store.extend_lease(lease, ttl).await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => tracing::warn!(error = %e, "could not extend the session lease"),

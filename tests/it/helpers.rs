@@ -50,7 +50,7 @@ impl TestDb {
         admin.close().await;
         let url = format!("{}/{name}", postgres_base());
         let pool = PgPool::connect(&url).await.unwrap();
-        microclaw::store::migrate(&pool).await.unwrap();
+        microclaw::store::Store::Postgres(pool.clone()).migrate().await.unwrap();
         pool.close().await;
         TestDb { name, url }
     }
@@ -249,7 +249,7 @@ impl TestApp {
         let config_toml = config.toml(&database_url, &model, &platform, &key_prefix);
         let settings = Settings::from_toml(&config_toml, &test_env).expect("test config is valid");
         microclaw::telemetry::init(&settings.log);
-        let deployment = Deployment::new(settings).unwrap();
+        let deployment = Deployment::new(settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = Shutdown::new();
@@ -282,9 +282,9 @@ impl TestApp {
 
     /// Starts one more in-process worker (its own worker id, its own queue listeners).
     pub fn start_worker(&mut self) {
-        let deployment = Deployment::with_pool(
+        let deployment = Deployment::with_store(
             self.deployment.settings.clone(),
-            self.deployment.pool.clone(),
+            self.deployment.store.clone(),
         )
         .unwrap();
         let (trigger, shutdown) = Shutdown::new();

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use microclaw::store::sessions::{self, PendingEvent, TurnCommit, TurnRecord};
+use microclaw::store::{PendingEvent, Release, TurnCommit, TurnRecord};
 
 use crate::{
     fakes::ModelFault,
@@ -114,31 +114,31 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let pool = &app.pool;
+    let store = &app.deployment.store;
 
-    let slow = sessions::try_acquire(pool, session_id, "slow", Duration::from_millis(300))
+    let slow = store.try_acquire_lease(session_id, "slow", Duration::from_millis(300))
         .await
         .unwrap()
         .unwrap();
     assert!(
-        sessions::try_acquire(pool, session_id, "fast", Duration::from_secs(5))
+        store.try_acquire_lease(session_id, "fast", Duration::from_secs(5))
             .await
             .unwrap()
             .is_none()
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let fast = sessions::try_acquire(pool, session_id, "fast", Duration::from_secs(5))
+    let fast = store.try_acquire_lease(session_id, "fast", Duration::from_secs(5))
         .await
         .unwrap()
         .unwrap();
     assert!(fast.epoch > slow.epoch);
     assert!(
-        !sessions::extend(pool, slow, Duration::from_secs(5))
+        !store.extend_lease(slow, Duration::from_secs(5))
             .await
             .unwrap()
     );
 
-    let events: Vec<PendingEvent> = sessions::pending_events(pool, session_id, 0, 10)
+    let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10)
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
@@ -157,21 +157,21 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing() {
         lease_ttl: Duration::from_secs(5),
     };
     assert_eq!(
-        sessions::commit_turn(pool, record(slow)).await.unwrap(),
+        store.commit_turn(record(slow)).await.unwrap(),
         TurnCommit::Fenced
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
     assert_eq!(
-        sessions::commit_turn(pool, record(fast)).await.unwrap(),
+        store.commit_turn(record(fast)).await.unwrap(),
         TurnCommit::Committed
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
     assert_eq!(
-        sessions::release(pool, fast, Duration::from_secs(5))
+        store.release_lease(fast, Duration::from_secs(5))
             .await
             .unwrap(),
-        sessions::Release::Released
+        Release::Released
     );
     app.stop().await;
 }

@@ -12,28 +12,15 @@
 //! before its outcome is committed: that attempt is rerun, and the platform sees
 //! the same `webhook-id`/delivery id again (at-least-once; receivers deduplicate).
 
-use std::time::Duration;
 
 use sqlx::{PgPool, postgres::types::PgInterval};
-use uuid::Uuid;
 
-use super::{StoreError, sessions::enqueue_delivery};
-use crate::channels::{ReplyTarget, SendError};
+use super::sessions::enqueue_delivery;
+use crate::store::{
+    StoreError,
+    records::{AttemptOutcome, DeliveryRow},
+};
 use microclaw_jobs::DeliveryJob;
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DeliveryRow {
-    pub id: Uuid,
-    pub connector_id: String,
-    pub channel: String,
-    pub target: sqlx::types::Json<ReplyTarget>,
-    pub part: i32,
-    pub text: String,
-    pub status: String,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    pub trace_id: String,
-}
 
 /// Marks the start of an attempt; None when there is nothing to send.
 pub async fn begin_attempt(
@@ -84,34 +71,13 @@ pub async fn begin_attempt(
     Ok(Some(row))
 }
 
-/// What became of an attempt.
-#[derive(Debug)]
-pub enum AttemptOutcome<'a> {
-    Delivered,
-    /// Failed; the next attempt runs after the wait.
-    RetryAfter(&'a SendError, Duration),
-    /// Failed for good (permanent error, or the last attempt).
-    Dead(&'a SendError, DeadReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
-    Permanent,
-    Exhausted,
-}
-
 pub async fn finish_attempt(
     pool: &PgPool,
     job: &DeliveryJob,
     outcome: AttemptOutcome<'_>,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let (label, status_code, error) = match &outcome {
-        AttemptOutcome::Delivered => ("delivered", None, None),
-        AttemptOutcome::RetryAfter(e, _) | AttemptOutcome::Dead(e, _) => {
-            (e.class(), e.status().map(i32::from), Some(e.to_string()))
-        }
-    };
+    let (label, status_code, error) = outcome.attempt_fields();
     sqlx::query(
         "UPDATE delivery_attempts SET finished_at = now(), outcome = $3, status_code = $4, error = $5
           WHERE delivery_id = $1 AND attempt = $2",
@@ -160,10 +126,7 @@ pub async fn finish_attempt(
                   WHERE id = $1 AND status = 'pending'",
             )
             .bind(job.delivery_id)
-            .bind(match reason {
-                DeadReason::Permanent => "permanent",
-                DeadReason::Exhausted => "exhausted",
-            })
+            .bind(reason.error_class())
             .bind(e.to_string())
             .execute(&mut *tx)
             .await?;

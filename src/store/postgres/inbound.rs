@@ -12,39 +12,15 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Enqueue, StoreError, enqueue};
-use crate::channels::InboundMessage;
-use microclaw_jobs::TurnJob;
-
-/// Who answers an inbound message, and in which session.
-#[derive(Debug, Clone)]
-pub struct Routing<'a> {
-    pub connector_id: &'a str,
-    pub channel: &'a str,
-    pub agent: &'a str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
-    /// Committed with its turn job.
-    Accepted {
-        event_id: Uuid,
-        session_id: Uuid,
-        trace_id: String,
+use super::{Enqueue, enqueue};
+use crate::{
+    channels::InboundMessage,
+    store::{
+        StoreError,
+        records::{Recorded, Routing, session_key},
     },
-    /// The platform sent this event before; nothing was created.
-    Duplicate,
-}
-
-/// The session key: a direct conversation belongs to its sender, a group
-/// conversation to itself.
-pub fn session_key(connector_id: &str, message: &InboundMessage) -> String {
-    if message.is_group {
-        format!("group:{connector_id}:{}", message.conversation_id)
-    } else {
-        format!("direct:{connector_id}:{}", message.sender_id)
-    }
-}
+};
+use microclaw_jobs::TurnJob;
 
 pub async fn record(
     pool: &PgPool,

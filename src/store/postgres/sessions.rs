@@ -23,12 +23,17 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction, postgres::types::PgInterval};
 use uuid::Uuid;
 
-use super::{Enqueue, StoreError, enqueue};
-use crate::channels::ReplyTarget;
+use super::{Enqueue, enqueue};
+use crate::store::{
+    StoreError,
+    records::{
+        HistoryMessage, Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit,
+        TurnRecord,
+    },
+};
 use microclaw_jobs::DeliveryJob;
 
 fn interval(d: Duration) -> PgInterval {
@@ -37,22 +42,6 @@ fn interval(d: Duration) -> PgInterval {
         days: 0,
         microseconds: d.as_micros() as i64,
     }
-}
-
-/// A held lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    pub session_id: Uuid,
-    pub epoch: i64,
-}
-
-/// The lease as another worker sees it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct LeaseState {
-    pub lease_owner: Option<String>,
-    pub lease_epoch: i64,
-    /// Time left on the lease, by the database clock (None when free).
-    pub remaining_ms: Option<i64>,
 }
 
 pub async fn try_acquire(
@@ -76,14 +65,20 @@ pub async fn try_acquire(
 }
 
 pub async fn lease_state(pool: &PgPool, session_id: Uuid) -> Result<LeaseState, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT lease_owner, lease_epoch,
-                (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::BIGINT AS remaining_ms
-           FROM sessions WHERE id = $1",
-    )
-    .bind(session_id)
-    .fetch_one(pool)
-    .await?)
+    let (lease_owner, lease_epoch, remaining_ms): (Option<String>, i64, Option<i64>) =
+        sqlx::query_as(
+            "SELECT lease_owner, lease_epoch,
+                    (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::BIGINT
+               FROM sessions WHERE id = $1",
+        )
+        .bind(session_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(LeaseState {
+        lease_owner,
+        lease_epoch,
+        remaining_ms,
+    })
 }
 
 /// Extends a held lease; false when it was lost (expired and taken by another).
@@ -98,16 +93,6 @@ pub async fn extend(pool: &PgPool, lease: Lease, ttl: Duration) -> Result<bool, 
     .await?
     .rows_affected();
     Ok(updated == 1)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// Nothing left to answer; the lease is free.
-    Released,
-    /// New events arrived; the lease is still ours (and extended).
-    MoreWork,
-    /// Another worker holds the session now.
-    Lost,
 }
 
 pub async fn release(pool: &PgPool, lease: Lease, ttl: Duration) -> Result<Release, StoreError> {
@@ -141,27 +126,6 @@ pub async fn abandon(pool: &PgPool, lease: Lease) -> Result<(), StoreError> {
     .execute(pool)
     .await?;
     Ok(())
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PendingEvent {
-    pub id: Uuid,
-    pub seq: i64,
-    pub connector_id: String,
-    pub platform_message_id: String,
-    pub sender_id: String,
-    pub sender_name: Option<String>,
-    pub conversation_id: String,
-    pub thread_id: Option<String>,
-    pub is_group: bool,
-    pub text: String,
-    pub trace_id: String,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SessionInfo {
-    pub agent: String,
-    pub processed_seq: i64,
 }
 
 pub async fn session_info(pool: &PgPool, session_id: Uuid) -> Result<SessionInfo, StoreError> {
@@ -205,12 +169,6 @@ pub async fn pending_events(
     .await?)
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct HistoryMessage {
-    pub role: String,
-    pub content: String,
-}
-
 /// The last `limit` messages of a session, oldest first. Uses the
 /// `(session_id, id DESC)` index, so it costs the same for any history length.
 pub async fn recent_history(
@@ -227,40 +185,6 @@ pub async fn recent_history(
     .await?;
     rows.reverse();
     Ok(rows)
-}
-
-/// Everything one finished turn writes.
-#[derive(Debug)]
-pub struct TurnRecord<'a> {
-    pub turn_id: Uuid,
-    pub lease: Lease,
-    pub events: &'a [PendingEvent],
-    pub reply: &'a str,
-    pub model: Option<&'a str>,
-    /// The error that made the turn fail (the reply is then the apology).
-    pub error: Option<&'a str>,
-    pub model_attempts: u32,
-    pub started_at: DateTime<Utc>,
-    pub trace_id: &'a str,
-    /// Where the reply goes and the parts it is split into.
-    pub deliveries: Vec<PlannedDelivery>,
-    pub delivery_max_attempts: u32,
-    pub lease_ttl: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct PlannedDelivery {
-    pub connector_id: String,
-    pub channel: String,
-    pub target: ReplyTarget,
-    pub parts: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TurnCommit {
-    Committed,
-    /// The lease was lost: another worker owns the session, nothing was written.
-    Fenced,
 }
 
 /// Commits a turn: transcript, event marks, `processed_seq`, deliveries and their
@@ -385,10 +309,7 @@ pub(super) async fn enqueue_delivery(
         Enqueue {
             job,
             idempotency_key: job.idempotency_key(),
-            // One queue attempt per delivery attempt: retries are scheduled by the
-            // delivery worker with their own waits. A second queue attempt only
-            // happens when a worker died mid-send.
-            max_attempts: 3,
+            max_attempts: crate::store::DELIVERY_JOB_ATTEMPTS,
             run_after,
         },
     )

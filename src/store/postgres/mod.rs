@@ -1,0 +1,86 @@
+//! The production store: Postgres, with the queue in schema `apalis`
+//! (apalis-postgres). Jobs are pushed inside the transaction that records the
+//! state needing them, so a job exists if and only if that state committed.
+
+pub mod deliveries;
+pub mod inbound;
+pub mod sessions;
+
+use std::time::Duration;
+
+use microclaw_jobs::Job;
+use sqlx::{
+    PgPool, Postgres, Transaction,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::StoreError;
+use crate::config::DatabaseConfig;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Opens a pool without waiting for the database: a receiver must start (and
+/// answer 503) while Postgres is down.
+pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout.0)
+        .connect_lazy_with(options))
+}
+
+/// Creates the configured database when the server does not have it yet.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    if Postgres::database_exists(url).await? {
+        return Ok(false);
+    }
+    Postgres::create_database(url).await?;
+    Ok(true)
+}
+
+/// Applies the queue's migrations (schema `apalis`) and ours (schema `public`).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    apalis_postgres::PostgresStorage::setup(pool).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Whether the database answers, within `timeout`.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// How a job is put on its queue.
+pub struct Enqueue<'a, J: Job> {
+    pub job: &'a J,
+    pub idempotency_key: String,
+    pub max_attempts: usize,
+    pub run_after: Option<Duration>,
+}
+
+/// Pushes a job inside the caller's transaction: it exists only if the
+/// transaction commits.
+pub async fn enqueue<J: Job>(
+    tx: &mut Transaction<'_, Postgres>,
+    enqueue: Enqueue<'_, J>,
+) -> Result<(), StoreError> {
+    let task = super::queue_task(enqueue.job, enqueue.idempotency_key, enqueue.max_attempts, enqueue.run_after);
+    apalis_postgres::queries::push_tasks(&mut **tx, J::QUEUE, vec![task]).await?;
+    Ok(())
+}
+
+/// Puts the unfinished jobs of the named workers back on their queues.
+pub async fn return_unfinished(pool: &PgPool, workers: &[String]) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
+          WHERE lock_by = ANY($1) AND status IN ('Running', 'Queued')",
+    )
+    .bind(workers)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

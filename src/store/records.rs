@@ -1,0 +1,186 @@
+//! What the store reads and writes, the same for every backend.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::channels::{ReplyTarget, SendError};
+
+/// Who answers an inbound message, and in which session.
+#[derive(Debug, Clone)]
+pub struct Routing<'a> {
+    pub connector_id: &'a str,
+    pub channel: &'a str,
+    pub agent: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Committed with its turn job.
+    Accepted {
+        event_id: Uuid,
+        session_id: Uuid,
+        trace_id: String,
+    },
+    /// The platform sent this event before; nothing was created.
+    Duplicate,
+}
+
+/// The session key: a direct conversation belongs to its sender, a group
+/// conversation to itself.
+pub fn session_key(connector_id: &str, message: &crate::channels::InboundMessage) -> String {
+    if message.is_group {
+        format!("group:{connector_id}:{}", message.conversation_id)
+    } else {
+        format!("direct:{connector_id}:{}", message.sender_id)
+    }
+}
+
+/// A held session lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub session_id: Uuid,
+    pub epoch: i64,
+}
+
+/// The lease as another worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    pub lease_owner: Option<String>,
+    pub lease_epoch: i64,
+    /// Time left on the lease, by the store's clock (None when free).
+    pub remaining_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Nothing left to answer; the lease is free.
+    Released,
+    /// New events arrived; the lease is still ours (and extended).
+    MoreWork,
+    /// Another worker holds the session now.
+    Lost,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingEvent {
+    pub id: Uuid,
+    pub seq: i64,
+    pub connector_id: String,
+    pub platform_message_id: String,
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    pub conversation_id: String,
+    pub thread_id: Option<String>,
+    pub is_group: bool,
+    pub text: String,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionInfo {
+    pub agent: String,
+    pub processed_seq: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Everything one finished turn writes.
+#[derive(Debug)]
+pub struct TurnRecord<'a> {
+    pub turn_id: Uuid,
+    pub lease: Lease,
+    pub events: &'a [PendingEvent],
+    pub reply: &'a str,
+    pub model: Option<&'a str>,
+    /// The error that made the turn fail (the reply is then the apology).
+    pub error: Option<&'a str>,
+    pub model_attempts: u32,
+    pub started_at: DateTime<Utc>,
+    pub trace_id: &'a str,
+    /// Where the reply goes and the parts it is split into.
+    pub deliveries: Vec<PlannedDelivery>,
+    pub delivery_max_attempts: u32,
+    pub lease_ttl: Duration,
+}
+
+impl TurnRecord<'_> {
+    pub fn status(&self) -> &'static str {
+        if self.error.is_some() { "failed" } else { "completed" }
+    }
+
+    pub fn event_status(&self) -> &'static str {
+        if self.error.is_some() { "failed" } else { "answered" }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedDelivery {
+    pub connector_id: String,
+    pub channel: String,
+    pub target: ReplyTarget,
+    pub parts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnCommit {
+    Committed,
+    /// The lease was lost: another worker owns the session, nothing was written.
+    Fenced,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub connector_id: String,
+    pub channel: String,
+    pub target: sqlx::types::Json<ReplyTarget>,
+    pub part: i32,
+    pub text: String,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub trace_id: String,
+}
+
+/// What became of a delivery attempt.
+#[derive(Debug)]
+pub enum AttemptOutcome<'a> {
+    Delivered,
+    /// Failed; the next attempt runs after the wait.
+    RetryAfter(&'a SendError, Duration),
+    /// Failed for good (permanent error, or the last attempt).
+    Dead(&'a SendError, DeadReason),
+}
+
+impl AttemptOutcome<'_> {
+    /// The attempt row's outcome label, status code and error text.
+    pub fn attempt_fields(&self) -> (&'static str, Option<i32>, Option<String>) {
+        match self {
+            AttemptOutcome::Delivered => ("delivered", None, None),
+            AttemptOutcome::RetryAfter(e, _) | AttemptOutcome::Dead(e, _) => {
+                (e.class(), e.status().map(i32::from), Some(e.to_string()))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    Permanent,
+    Exhausted,
+}
+
+impl DeadReason {
+    pub fn error_class(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::Exhausted => "exhausted",
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Delivery attempts on SQLite; the same rules as `store::postgres::deliveries`.
+
+use sqlx::SqlitePool;
+
+use super::{begin_write, enqueue};
+use crate::store::{
+    StoreError,
+    records::{AttemptOutcome, DeliveryRow},
+};
+use microclaw_jobs::DeliveryJob;
+
+pub async fn begin_attempt(
+    pool: &SqlitePool,
+    job: &DeliveryJob,
+) -> Result<Option<DeliveryRow>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let row: Option<DeliveryRow> = sqlx::query_as(
+        "SELECT id, connector_id, channel, target, part, text, status, attempts, max_attempts, trace_id
+           FROM deliveries WHERE id = ?1",
+    )
+    .bind(job.delivery_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(mut row) = row else {
+        return Ok(None);
+    };
+    if row.status != "pending" {
+        return Ok(None);
+    }
+    let finished: Option<bool> = sqlx::query_scalar(
+        "SELECT finished_at IS NOT NULL FROM delivery_attempts WHERE delivery_id = ?1 AND attempt = ?2",
+    )
+    .bind(job.delivery_id)
+    .bind(job.attempt as i32)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if finished == Some(true) {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, attempt) VALUES (?1, ?2)
+         ON CONFLICT (delivery_id, attempt) DO UPDATE
+            SET started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                error = 'previous run of this attempt was interrupted'",
+    )
+    .bind(job.delivery_id)
+    .bind(job.attempt as i32)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE deliveries SET attempts = ?2 WHERE id = ?1")
+        .bind(job.delivery_id)
+        .bind(job.attempt as i32)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    row.attempts = job.attempt as i32;
+    Ok(Some(row))
+}
+
+pub async fn finish_attempt(
+    pool: &SqlitePool,
+    job: &DeliveryJob,
+    outcome: AttemptOutcome<'_>,
+) -> Result<(), StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let (label, status_code, error) = outcome.attempt_fields();
+    sqlx::query(
+        "UPDATE delivery_attempts
+            SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), outcome = ?3, status_code = ?4, error = ?5
+          WHERE delivery_id = ?1 AND attempt = ?2",
+    )
+    .bind(job.delivery_id)
+    .bind(job.attempt as i32)
+    .bind(label)
+    .bind(status_code)
+    .bind(&error)
+    .execute(&mut *tx)
+    .await?;
+    match outcome {
+        AttemptOutcome::Delivered => {
+            sqlx::query(
+                "UPDATE deliveries
+                    SET status = 'delivered', delivered_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                        next_attempt_at = NULL
+                  WHERE id = ?1 AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        AttemptOutcome::RetryAfter(e, wait) => {
+            let next_at = chrono::Utc::now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
+            sqlx::query(
+                "UPDATE deliveries SET next_attempt_at = ?2, error_class = ?3, last_error = ?4
+                  WHERE id = ?1 AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
+            .bind(next_at)
+            .bind(e.class())
+            .bind(e.to_string())
+            .execute(&mut *tx)
+            .await?;
+            let next = DeliveryJob::new(job.delivery_id, job.attempt + 1, job.trace_id.clone());
+            enqueue(
+                &mut tx,
+                &next,
+                next.idempotency_key(),
+                crate::store::DELIVERY_JOB_ATTEMPTS,
+                Some(wait),
+            )
+            .await?;
+        }
+        AttemptOutcome::Dead(e, reason) => {
+            sqlx::query(
+                "UPDATE deliveries
+                    SET status = 'dead', dead_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                        next_attempt_at = NULL, error_class = ?2, last_error = ?3
+                  WHERE id = ?1 AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
+            .bind(reason.error_class())
+            .bind(e.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

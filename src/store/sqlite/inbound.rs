@@ -1,0 +1,81 @@
+//! Recording an inbound event on SQLite: the same transaction as on Postgres
+//! (session bump, event insert deduplicated by its unique index, turn job), under
+//! the write lock taken by `BEGIN IMMEDIATE`.
+
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+use super::{begin_write, enqueue};
+use crate::{
+    channels::InboundMessage,
+    store::{
+        StoreError,
+        records::{Recorded, Routing, session_key},
+    },
+};
+use microclaw_jobs::TurnJob;
+
+pub async fn record(
+    pool: &SqlitePool,
+    routing: &Routing<'_>,
+    message: &InboundMessage,
+    turn_job_attempts: usize,
+) -> Result<Recorded, StoreError> {
+    let event_id = Uuid::now_v7();
+    let trace_id = event_id.simple().to_string();
+    let mut tx = begin_write(pool).await?;
+
+    let (session_id, seq): (Uuid, i64) = sqlx::query_as(
+        "INSERT INTO sessions (id, agent, session_key, is_group, last_inbound_seq)
+         VALUES (?1, ?2, ?3, ?4, 1)
+         ON CONFLICT (agent, session_key) DO UPDATE
+            SET last_inbound_seq = last_inbound_seq + 1,
+                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         RETURNING id, last_inbound_seq",
+    )
+    .bind(Uuid::now_v7())
+    .bind(routing.agent)
+    .bind(session_key(routing.connector_id, message))
+    .bind(message.is_group)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    let inserted = sqlx::query(
+        "INSERT INTO inbound_events
+            (id, connector_id, channel, platform_message_id, session_id, seq, sender_id,
+             sender_name, conversation_id, thread_id, is_group, text, attachments, sent_at, trace_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT (connector_id, platform_message_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(routing.connector_id)
+    .bind(routing.channel)
+    .bind(&message.platform_message_id)
+    .bind(session_id)
+    .bind(seq)
+    .bind(&message.sender_id)
+    .bind(&message.sender_name)
+    .bind(&message.conversation_id)
+    .bind(&message.thread_id)
+    .bind(message.is_group)
+    .bind(&message.text)
+    .bind(sqlx::types::Json(&message.attachments))
+    .bind(message.sent_at)
+    .bind(&trace_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Ok(Recorded::Duplicate);
+    }
+
+    let job = TurnJob::new(session_id, event_id, trace_id.clone());
+    enqueue(&mut tx, &job, format!("turn:{event_id}"), turn_job_attempts, None).await?;
+    tx.commit().await?;
+    Ok(Recorded::Accepted {
+        event_id,
+        session_id,
+        trace_id,
+    })
+}

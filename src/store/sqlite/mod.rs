@@ -1,0 +1,121 @@
+//! The embedded store for `microclaw dev`: one SQLite file holding our tables and
+//! the queue (apalis-sqlite's `Jobs` and `Workers`), so a job is written in the
+//! same transaction as the state that needs it, exactly as on Postgres.
+//!
+//! Durability: apalis-sqlite's `setup()` switches `synchronous` off on the
+//! connection it runs on. MicroClaw runs that setup on a throwaway connection and
+//! opens its own pool in WAL mode with `synchronous = FULL` on every connection, so
+//! a committed (acknowledged) message survives a crash of the process.
+//!
+//! Concurrency: SQLite has one writer at a time. Every write transaction starts
+//! with `BEGIN IMMEDIATE`, so it takes the write lock up front and waits
+//! (`busy_timeout`) instead of failing when another transaction commits first; the
+//! session lease protocol then holds exactly as with Postgres row locks. Lease
+//! times are unix milliseconds from this process's clock (one process owns the file).
+
+pub mod deliveries;
+pub mod inbound;
+pub mod sessions;
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use microclaw_jobs::Job;
+use sqlx::{
+    Sqlite, SqlitePool, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::StoreError;
+
+
+fn options(path: &Path) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10)))
+}
+
+/// Opens (and creates when missing) the store file.
+pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    }
+    Ok(SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options(path)?)
+        .await?)
+}
+
+/// Applies the queue's migrations and ours. Both track themselves in the same
+/// `_sqlx_migrations` table (SQLite has no schemas), so each ignores the other's rows.
+pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    // apalis' setup sets `synchronous = OFF` on whatever connection runs it; give it
+    // one that is closed right after.
+    let setup_pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let mut queue = apalis_sqlite::SqliteStorage::migrations();
+    queue.set_ignore_missing(true);
+    for pragma in ["PRAGMA journal_mode = 'WAL';", "PRAGMA temp_store = MEMORY;"] {
+        sqlx::query(pragma).execute(&setup_pool).await?;
+    }
+    queue.run(&setup_pool).await?;
+    let mut ours = sqlx::migrate!("./migrations/sqlite");
+    ours.set_ignore_missing(true);
+    ours.run(&setup_pool).await?;
+    setup_pool.close().await;
+    Ok(())
+}
+
+pub async fn ping(pool: &SqlitePool, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A write transaction that holds the write lock from its first statement.
+pub async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// Pushes a job inside the caller's transaction.
+pub async fn enqueue<J: Job>(
+    tx: &mut Transaction<'_, Sqlite>,
+    job: &J,
+    idempotency_key: String,
+    max_attempts: usize,
+    run_after: Option<Duration>,
+) -> Result<(), StoreError> {
+    let task = super::queue_task(job, idempotency_key, max_attempts, run_after);
+    apalis_sqlite::queries::push_tasks(&mut **tx, J::QUEUE, &[task]).await?;
+    Ok(())
+}
+
+pub async fn return_unfinished(pool: &SqlitePool, workers: &[String]) -> Result<u64, StoreError> {
+    let mut returned = 0;
+    let mut tx = begin_write(pool).await?;
+    for worker in workers {
+        returned += sqlx::query(
+            "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
+              WHERE lock_by = ?1 AND status IN ('Running', 'Queued')",
+        )
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(returned)
+}
+
+/// Now, as the lease columns store it.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
