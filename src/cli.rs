@@ -128,7 +128,10 @@ fn config_check(path: &std::path::Path, settings: &Settings) -> ExitCode {
 /// Creates the database when missing, then applies every migration.
 async fn migrate(deployment: &Deployment) -> anyhow::Result<()> {
     let store = &deployment.store;
-    if store.create_database_if_missing(&deployment.settings.database.url).await? {
+    if store
+        .create_database_if_missing(&deployment.settings.database.url)
+        .await?
+    {
         tracing::info!("database created");
     }
     store.migrate().await?;

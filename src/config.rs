@@ -513,8 +513,12 @@ impl Settings {
             problem("database.url".into(), "must be set".into());
         } else if !raw.database.url.starts_with("postgres://")
             && !raw.database.url.starts_with("postgresql://")
+            && !raw.database.url.starts_with("sqlite://")
         {
-            problem("database.url".into(), "must be a postgres:// URL".into());
+            problem(
+                "database.url".into(),
+                "must be a postgres:// URL (or sqlite://PATH for the embedded store)".into(),
+            );
         }
         if raw.database.max_connections < 4 {
             problem(

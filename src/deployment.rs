@@ -4,13 +4,12 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-
 use crate::{
     channels::{self, Channel},
     config::{ConnectorSettings, Settings},
     dedup::DedupCache,
-    store::Store,
     providers::ModelRoute,
+    store::Store,
 };
 
 /// A connector ready to use: its settings and its channel.

@@ -120,12 +120,16 @@ async fn hook(
     };
     let recorded = deployment
         .store
-        .record_inbound(&routing, &message, deployment.settings.worker.turn_job_attempts)
+        .record_inbound(
+            &routing,
+            &message,
+            deployment.settings.worker.turn_job_attempts,
+        )
         .await
-    .map_err(|e| {
-        tracing::warn!(connector = %connector_id, error = %e, "could not record inbound event");
-        ReceiverError::Unavailable(e)
-    })?;
+        .map_err(|e| {
+            tracing::warn!(connector = %connector_id, error = %e, "could not record inbound event");
+            ReceiverError::Unavailable(e)
+        })?;
     if let Some(dedup) = &deployment.dedup {
         dedup
             .remember(&connector_id, &message.platform_message_id)
@@ -145,8 +149,13 @@ async fn hook(
                 platform_message_id = %message.platform_message_id,
                 "inbound accepted"
             );
-            Json(json!({ "status": "accepted", "event_id": event_id, "trace_id": trace_id }))
-                .into_response()
+            Json(json!({
+                "status": "accepted",
+                "event_id": event_id,
+                "session_id": session_id,
+                "trace_id": trace_id,
+            }))
+            .into_response()
         }
         Recorded::Duplicate => {
             tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound");

@@ -47,7 +47,9 @@ impl Store {
     /// must start, and answer 503, while Postgres is down) or `sqlite://PATH`.
     pub async fn open(config: &crate::config::DatabaseConfig) -> Result<Self, StoreError> {
         match config.url.strip_prefix("sqlite://") {
-            Some(path) => Ok(Store::Sqlite(sqlite::open(std::path::Path::new(path)).await?)),
+            Some(path) => Ok(Store::Sqlite(
+                sqlite::open(std::path::Path::new(path)).await?,
+            )),
             None => Ok(Store::Postgres(postgres::connect_lazy(config)?)),
         }
     }
@@ -118,8 +120,12 @@ impl Store {
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::sessions::try_acquire(pool, session_id, owner, ttl).await,
-            Store::Sqlite(pool) => sqlite::sessions::try_acquire(pool, session_id, owner, ttl).await,
+            Store::Postgres(pool) => {
+                postgres::sessions::try_acquire(pool, session_id, owner, ttl).await
+            }
+            Store::Sqlite(pool) => {
+                sqlite::sessions::try_acquire(pool, session_id, owner, ttl).await
+            }
         }
     }
 
@@ -185,7 +191,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<HistoryMessage>, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::sessions::recent_history(pool, session_id, limit).await,
+            Store::Postgres(pool) => {
+                postgres::sessions::recent_history(pool, session_id, limit).await
+            }
             Store::Sqlite(pool) => sqlite::sessions::recent_history(pool, session_id, limit).await,
         }
     }
@@ -199,7 +207,10 @@ impl Store {
     }
 
     /// Marks the start of a delivery attempt; None when there is nothing to send.
-    pub async fn begin_attempt(&self, job: &DeliveryJob) -> Result<Option<DeliveryRow>, StoreError> {
+    pub async fn begin_attempt(
+        &self,
+        job: &DeliveryJob,
+    ) -> Result<Option<DeliveryRow>, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::deliveries::begin_attempt(pool, job).await,
             Store::Sqlite(pool) => sqlite::deliveries::begin_attempt(pool, job).await,

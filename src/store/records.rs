@@ -111,11 +111,19 @@ pub struct TurnRecord<'a> {
 
 impl TurnRecord<'_> {
     pub fn status(&self) -> &'static str {
-        if self.error.is_some() { "failed" } else { "completed" }
+        if self.error.is_some() {
+            "failed"
+        } else {
+            "completed"
+        }
     }
 
     pub fn event_status(&self) -> &'static str {
-        if self.error.is_some() { "failed" } else { "answered" }
+        if self.error.is_some() {
+            "failed"
+        } else {
+            "answered"
+        }
     }
 }
 

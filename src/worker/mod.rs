@@ -132,9 +132,14 @@ pub async fn run(
             Ok(())
         })
         .await;
-    let returned = store.return_unfinished_jobs(&[turn_name, delivery_name]).await?;
+    let returned = store
+        .return_unfinished_jobs(&[turn_name, delivery_name])
+        .await?;
     if returned > 0 {
-        tracing::warn!(jobs = returned, "in-flight jobs did not finish in time; returned to the queue");
+        tracing::warn!(
+            jobs = returned,
+            "in-flight jobs did not finish in time; returned to the queue"
+        );
     }
     tracing::info!(worker = %id, "worker stopped");
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))

@@ -26,8 +26,7 @@ use crate::{
     deployment::Deployment,
     providers::{ChatMessage, ChatRequest, Role},
     store::{
-        StoreError,
-        Lease, PendingEvent, PlannedDelivery, Release, Store, TurnCommit, TurnRecord,
+        Lease, PendingEvent, PlannedDelivery, Release, Store, StoreError, TurnCommit, TurnRecord,
     },
 };
 
@@ -115,8 +114,9 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
     };
     loop {
         let session = store.session_info(lease.session_id).await?;
-        let events =
-            store.pending_events(lease.session_id, session.processed_seq, limit).await?;
+        let events = store
+            .pending_events(lease.session_id, session.processed_seq, limit)
+            .await?;
         if !events.is_empty() {
             let committed = answer(context, lease, &session.agent, &events).await?;
             if committed == TurnCommit::Fenced {
@@ -153,9 +153,9 @@ async fn answer(
     let route = agent.and_then(|a| deployment.models.get(&a.model));
     let (reply, model, error, attempts) = match (agent, route) {
         (Some(agent), Some(route)) => {
-            let history =
-                store.recent_history(lease.session_id, settings.worker.history_messages)
-                    .await?;
+            let history = store
+                .recent_history(lease.session_id, settings.worker.history_messages)
+                .await?;
             let mut messages = Vec::with_capacity(history.len() + events.len() + 1);
             if !agent.instructions.is_empty() {
                 messages.push(ChatMessage::new(Role::System, &agent.instructions));

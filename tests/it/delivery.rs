@@ -2,12 +2,15 @@ use std::time::Duration;
 
 use crate::{
     fakes::PlatformMode,
-    helpers::{TestApp, TestConfig, TestMessage},
+    helpers::{Backend, TestApp, TestConfig, TestMessage},
 };
 
-#[tokio::test]
-async fn a_delivery_that_fails_permanently_is_dead_with_its_history() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn a_delivery_that_fails_permanently_is_dead_with_its_history(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.platform.set_mode(PlatformMode::Fail(400, None));
     app.post_message(&TestMessage::direct("d1", "uma", "uma:hi"))
         .await;
@@ -19,28 +22,25 @@ async fn a_delivery_that_fails_permanently_is_dead_with_its_history() {
     .await;
     app.drain(Duration::from_secs(10)).await;
 
-    let (class, last_error, attempts): (String, String, i32) =
-        sqlx::query_as("SELECT error_class, last_error, attempts FROM deliveries")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(class, "permanent");
-    assert!(last_error.contains("HTTP 400"), "{last_error}");
-    assert_eq!(attempts, 1, "a permanent error is not retried");
-    let history: Vec<(i32, String, Option<i32>)> = sqlx::query_as(
-        "SELECT attempt, outcome, status_code FROM delivery_attempts ORDER BY attempt",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(history, vec![(1, "permanent".to_owned(), Some(400))]);
+    assert_eq!(
+        app.strings("SELECT error_class || ':' || attempts FROM deliveries")
+            .await,
+        ["permanent:1"],
+        "a permanent error is not retried"
+    );
+    let last_error = app.strings("SELECT last_error FROM deliveries").await;
+    assert!(last_error[0].contains("HTTP 400"), "{last_error:?}");
+    assert_eq!(app.attempt_history().await, ["1:permanent:400"]);
     assert_eq!(app.platform.requests(), 1);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn transient_failures_are_retried_until_the_attempts_run_out() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn transient_failures_are_retried_until_the_attempts_run_out(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.platform.set_mode(PlatformMode::Fail(503, None));
     app.post_message(&TestMessage::direct("d2", "vera", "vera:hi"))
         .await;
@@ -51,23 +51,14 @@ async fn transient_failures_are_retried_until_the_attempts_run_out() {
     )
     .await;
 
-    let (class, attempts): (String, i32) =
-        sqlx::query_as("SELECT error_class, attempts FROM deliveries")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!((class.as_str(), attempts), ("exhausted", 3));
-    let history: Vec<(i32, String, Option<i32>)> = sqlx::query_as(
-        "SELECT attempt, outcome, status_code FROM delivery_attempts ORDER BY attempt",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        history,
-        (1..=3)
-            .map(|n| (n, "retryable".to_owned(), Some(503)))
-            .collect::<Vec<_>>()
+        app.strings("SELECT error_class || ':' || attempts FROM deliveries")
+            .await,
+        ["exhausted:3"]
+    );
+    assert_eq!(
+        app.attempt_history().await,
+        ["1:retryable:503", "2:retryable:503", "3:retryable:503"]
     );
     assert_eq!(app.platform.requests(), 3);
     app.stop().await;
@@ -87,7 +78,7 @@ async fn a_rate_limited_delivery_waits_for_retry_after_then_succeeds() {
            FROM delivery_attempts a JOIN delivery_attempts b ON b.delivery_id = a.delivery_id
           WHERE a.attempt = 1 AND b.attempt = 2",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(app.pg())
     .await
     .unwrap();
     assert!(
@@ -96,10 +87,15 @@ async fn a_rate_limited_delivery_waits_for_retry_after_then_succeeds() {
     );
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM deliveries")
-            .fetch_one(&app.pool)
+            .fetch_one(app.pg())
             .await
             .unwrap();
     assert_eq!((status.as_str(), attempts), ("delivered", 2));
     assert_eq!(replies.len(), 1);
     app.stop().await;
 }
+
+crate::on_both_backends!(
+    a_delivery_that_fails_permanently_is_dead_with_its_history,
+    transient_failures_are_retried_until_the_attempts_run_out,
+);

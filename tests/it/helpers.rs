@@ -31,15 +31,56 @@ pub fn redis_url() -> String {
     std::env::var("MICROCLAW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The store backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs one async test body on both store backends: `on_both_backends!(name);`
+/// after `async fn name(backend: Backend)` defines tests `name::postgres` and
+/// `name::sqlite`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+        }
+    )+};
+}
+
 /// A fresh database with every migration applied.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    pub backend: Backend,
 }
 
 impl TestDb {
-    pub async fn create() -> Self {
+    pub async fn create(backend: Backend) -> Self {
         let name = format!("mc_test_{}", uuid::Uuid::new_v4().simple());
+        if backend == Backend::Sqlite {
+            let path = std::env::temp_dir()
+                .join(format!("microclaw-{name}"))
+                .join("store.db");
+            let url = format!("sqlite://{}", path.display());
+            let store = microclaw::store::Store::open(&microclaw::config::DatabaseConfig {
+                url: url.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            store.migrate().await.unwrap();
+            return TestDb { name, url, backend };
+        }
         let admin = PgPool::connect(&format!("{}/postgres", postgres_base()))
             .await
             .expect("Postgres must run on 127.0.0.1:5432 (see .ci/run)");
@@ -50,15 +91,25 @@ impl TestDb {
         admin.close().await;
         let url = format!("{}/{name}", postgres_base());
         let pool = PgPool::connect(&url).await.unwrap();
-        microclaw::store::Store::Postgres(pool.clone()).migrate().await.unwrap();
+        microclaw::store::Store::Postgres(pool.clone())
+            .migrate()
+            .await
+            .unwrap();
         pool.close().await;
-        TestDb { name, url }
+        TestDb { name, url, backend }
     }
+}
+
+/// A connection for the test's own assertions.
+pub enum TestPool {
+    Postgres(PgPool),
+    Sqlite(sqlx::SqlitePool),
 }
 
 /// The knobs tests turn; everything else is the built-in default.
 #[derive(Debug, Clone)]
 pub struct TestConfig {
+    pub backend: Backend,
     pub turn_mode: &'static str,
     pub redis_url: String,
     /// None: a fresh database.
@@ -75,6 +126,7 @@ pub struct TestConfig {
 impl Default for TestConfig {
     fn default() -> Self {
         Self {
+            backend: Backend::Postgres,
             turn_mode: "collect",
             redis_url: redis_url(),
             database_url: None,
@@ -223,7 +275,7 @@ impl TestMessage {
 pub struct TestApp {
     pub address: String,
     pub db: TestDb,
-    pub pool: PgPool,
+    pub pool: TestPool,
     pub deployment: Arc<Deployment>,
     pub model: FakeModel,
     pub platform: FakePlatform,
@@ -240,7 +292,7 @@ impl TestApp {
         microclaw::install_tls_provider();
         let model = FakeModel::start().await;
         let platform = FakePlatform::start(SECRET).await;
-        let db = TestDb::create().await;
+        let db = TestDb::create(config.backend).await;
         let database_url = config
             .database_url
             .clone()
@@ -258,7 +310,14 @@ impl TestApp {
             listener,
             shutdown,
         ));
-        let pool = PgPool::connect(&db.url).await.unwrap();
+        let pool = match db.backend {
+            Backend::Postgres => TestPool::Postgres(PgPool::connect(&db.url).await.unwrap()),
+            Backend::Sqlite => TestPool::Sqlite(
+                sqlx::SqlitePool::connect(&format!("{}?mode=rw", db.url))
+                    .await
+                    .unwrap(),
+            ),
+        };
         TestApp {
             address,
             db,
@@ -384,11 +443,50 @@ impl TestApp {
         }
     }
 
-    pub async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    /// The Postgres connection of a Postgres-only test.
+    pub fn pg(&self) -> &PgPool {
+        match &self.pool {
+            TestPool::Postgres(pool) => pool,
+            TestPool::Sqlite(_) => panic!("this test runs on Postgres only"),
+        }
     }
 
-    pub async fn wait_until(&self, sql: &'static str, expected: i64, deadline: Duration) {
+    /// The SQL for this backend: the queue table is `apalis.jobs` on Postgres and
+    /// `Jobs` on SQLite, with the same columns and statuses.
+    fn dialect(&self, sql: &str) -> String {
+        match self.pool {
+            TestPool::Postgres(_) => sql.to_owned(),
+            TestPool::Sqlite(_) => sql.replace("apalis.jobs", "Jobs"),
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(self.dialect(sql));
+        match &self.pool {
+            TestPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            TestPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    /// Every delivery attempt as `attempt:outcome:status_code`, in order.
+    pub async fn attempt_history(&self) -> Vec<String> {
+        self.strings(
+            "SELECT attempt || ':' || outcome || ':' || coalesce(status_code, 0)
+               FROM delivery_attempts ORDER BY delivery_id, attempt",
+        )
+        .await
+    }
+
+    /// The first column of every row, as text.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        let sql = sqlx::AssertSqlSafe(self.dialect(sql));
+        match &self.pool {
+            TestPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+            TestPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        }
+    }
+
+    pub async fn wait_until(&self, sql: &str, expected: i64, deadline: Duration) {
         let started = Instant::now();
         loop {
             let value = self.count(sql).await;

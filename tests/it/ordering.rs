@@ -1,18 +1,16 @@
 use std::time::Duration;
 
-use crate::helpers::{TestApp, TestConfig, TestMessage};
+use crate::helpers::{Backend, TestApp, TestConfig, TestMessage};
 
 /// Arrival order of a session's events, as the receiver sequenced them.
 async fn arrival_order(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar("SELECT text FROM inbound_events ORDER BY seq")
-        .fetch_all(&app.pool)
+    app.strings("SELECT text FROM inbound_events ORDER BY seq")
         .await
-        .unwrap()
 }
 
-#[tokio::test]
-async fn burst_into_one_session_is_answered_in_order_without_overlap() {
+async fn burst_into_one_session_is_answered_in_order_without_overlap(backend: Backend) {
     let config = TestConfig {
+        backend,
         turn_mode: "per_message",
         ..TestConfig::default()
     };
@@ -57,9 +55,12 @@ async fn burst_into_one_session_is_answered_in_order_without_overlap() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn collect_mode_folds_messages_that_arrive_during_a_turn() {
-    let mut app = TestApp::spawn(TestConfig::default()).await;
+async fn collect_mode_folds_messages_that_arrive_during_a_turn(backend: Backend) {
+    let mut app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.model.set_delay(Duration::from_millis(800));
     app.start_worker();
     app.start_worker();
@@ -96,9 +97,12 @@ async fn collect_mode_folds_messages_that_arrive_during_a_turn() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn different_sessions_run_in_parallel() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn different_sessions_run_in_parallel(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.model.set_delay(Duration::from_millis(700));
     let messages: Vec<TestMessage> = ["mia", "noah", "olga", "paul"]
         .iter()
@@ -121,3 +125,9 @@ async fn different_sessions_run_in_parallel() {
     assert!(!app.model.session_overlap());
     app.stop().await;
 }
+
+crate::on_both_backends!(
+    burst_into_one_session_is_answered_in_order_without_overlap,
+    collect_mode_folds_messages_that_arrive_during_a_turn,
+    different_sessions_run_in_parallel,
+);

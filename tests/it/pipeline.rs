@@ -1,10 +1,13 @@
 use std::time::Duration;
 
-use crate::helpers::{CONNECTOR, TestApp, TestConfig, TestMessage};
+use crate::helpers::{Backend, CONNECTOR, TestApp, TestConfig, TestMessage};
 
-#[tokio::test]
-async fn signed_webhook_becomes_one_signed_reply_at_the_platform() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn signed_webhook_becomes_one_signed_reply_at_the_platform(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
 
     let response = app
         .post_message(&TestMessage::direct("m1", "alice", "alice:hello"))
@@ -29,12 +32,11 @@ async fn signed_webhook_becomes_one_signed_reply_at_the_platform() {
     assert_eq!(app.platform.bad_signatures(), 0);
 
     app.drain(Duration::from_secs(10)).await;
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("SELECT status, attempts FROM deliveries")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), attempts), ("delivered", 1));
+    assert_eq!(
+        app.strings("SELECT status || ':' || attempts FROM deliveries")
+            .await,
+        ["delivered:1"]
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM turns WHERE status = 'completed'")
             .await,
@@ -49,9 +51,12 @@ async fn signed_webhook_becomes_one_signed_reply_at_the_platform() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn history_is_given_to_the_model_on_the_next_turn() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn history_is_given_to_the_model_on_the_next_turn(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.post_message(&TestMessage::direct("m1", "bob", "bob:first"))
         .await;
     app.wait_for_replies(1, Duration::from_secs(15)).await;
@@ -62,19 +67,17 @@ async fn history_is_given_to_the_model_on_the_next_turn() {
     let calls = app.model.calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1].user_messages, vec!["bob:second".to_owned()]);
-    let history: Vec<(String, String)> =
-        sqlx::query_as("SELECT role, content FROM messages ORDER BY id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    let roles: Vec<&str> = history.iter().map(|(r, _)| r.as_str()).collect();
+    let roles = app.strings("SELECT role FROM messages ORDER BY id").await;
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn duplicate_webhook_gives_one_reply() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn duplicate_webhook_gives_one_reply(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     let message = TestMessage::direct("dup-1", "carol", "carol:once");
 
     let first = app.post_message(&message).await;
@@ -100,9 +103,9 @@ async fn duplicate_webhook_gives_one_reply() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_duplicates_without_redis_create_one_event() {
+async fn concurrent_duplicates_without_redis_create_one_event(backend: Backend) {
     let config = TestConfig {
+        backend,
         redis_url: String::new(),
         ..TestConfig::default()
     };
@@ -171,9 +174,12 @@ async fn redis_down_loses_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn group_conversation_has_one_session_for_all_members() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn group_conversation_has_one_session_for_all_members(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     for (id, sender) in [("g1", "gina"), ("g2", "hank")] {
         let message = TestMessage {
             id: id.into(),
@@ -196,3 +202,11 @@ async fn group_conversation_has_one_session_for_all_members() {
     );
     app.stop().await;
 }
+
+crate::on_both_backends!(
+    signed_webhook_becomes_one_signed_reply_at_the_platform,
+    history_is_given_to_the_model_on_the_next_turn,
+    duplicate_webhook_gives_one_reply,
+    concurrent_duplicates_without_redis_create_one_event,
+    group_conversation_has_one_session_for_all_members,
+);

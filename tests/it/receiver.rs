@@ -1,4 +1,4 @@
-use crate::helpers::{CONNECTOR, TestApp, TestConfig, TestMessage};
+use crate::helpers::{Backend, CONNECTOR, TestApp, TestConfig, TestMessage};
 use microclaw::channels::standard_webhooks::SigningKey;
 
 async fn assert_refused(app: &TestApp, response: reqwest::Response, status: u16, code: &str) {
@@ -18,9 +18,12 @@ async fn assert_refused(app: &TestApp, response: reqwest::Response, status: u16,
     );
 }
 
-#[tokio::test]
-async fn bad_input_gets_the_right_4xx_and_enqueues_nothing() {
-    let app = TestApp::spawn(TestConfig::default()).await;
+async fn bad_input_gets_the_right_4xx_and_enqueues_nothing(backend: Backend) {
+    let app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     let body = TestMessage::direct("m1", "ivan", "ivan:hi").body();
     let now = chrono::Utc::now().timestamp();
     let url = format!("{}/hooks/{CONNECTOR}", app.address);
@@ -86,9 +89,12 @@ async fn bad_input_gets_the_right_4xx_and_enqueues_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn verified_events_of_other_types_are_acknowledged_and_ignored() {
-    let app = TestApp::spawn(TestConfig::default()).await;
+async fn verified_events_of_other_types_are_acknowledged_and_ignored(backend: Backend) {
+    let app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     let now = chrono::Utc::now().timestamp();
     let response = app
         .post_signed(
@@ -137,9 +143,12 @@ async fn postgres_unreachable_gives_503_so_the_platform_retries() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn readiness_reports_a_reachable_database() {
-    let app = TestApp::spawn(TestConfig::default()).await;
+async fn readiness_reports_a_reachable_database(backend: Backend) {
+    let app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     let ready = app
         .http
         .get(format!("{}/readyz", app.address))
@@ -149,3 +158,9 @@ async fn readiness_reports_a_reachable_database() {
     assert_eq!(ready.status(), 200);
     app.stop().await;
 }
+
+crate::on_both_backends!(
+    bad_input_gets_the_right_4xx_and_enqueues_nothing,
+    readiness_reports_a_reachable_database,
+    verified_events_of_other_types_are_acknowledged_and_ignored,
+);

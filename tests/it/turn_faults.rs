@@ -4,7 +4,7 @@ use microclaw::store::{PendingEvent, Release, TurnCommit, TurnRecord};
 
 use crate::{
     fakes::ModelFault,
-    helpers::{TestApp, TestConfig, TestMessage},
+    helpers::{Backend, TestApp, TestConfig, TestMessage},
 };
 
 #[tokio::test]
@@ -49,9 +49,12 @@ async fn reply_is_sent_once_when_the_worker_process_dies_mid_turn() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn model_429_with_retry_after_is_retried_after_that_delay() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn model_429_with_retry_after_is_retried_after_that_delay(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.model.push_fault(ModelFault::Status(429, Some(1)));
     app.post_message(&TestMessage::direct("rl1", "rita", "rita:hi"))
         .await;
@@ -66,18 +69,20 @@ async fn model_429_with_retry_after_is_retried_after_that_delay() {
         "retried after {waited:?}, Retry-After said 1s"
     );
     app.drain(Duration::from_secs(10)).await;
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("SELECT status, model_attempts FROM turns")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), attempts), ("completed", 2));
+    assert_eq!(
+        app.strings("SELECT status || ':' || model_attempts FROM turns")
+            .await,
+        ["completed:2"]
+    );
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_model_that_keeps_failing_gets_the_user_the_apology() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+async fn a_model_that_keeps_failing_gets_the_user_the_apology(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
     app.model.always_fail(500);
     app.post_message(&TestMessage::direct("f1", "sam", "sam:hi"))
         .await;
@@ -89,14 +94,13 @@ async fn a_model_that_keeps_failing_gets_the_user_the_apology() {
     app.drain(Duration::from_secs(10)).await;
 
     assert_eq!(app.model.calls().len(), 3, "model.max_attempts calls");
-    let (status, error, attempts): (String, Option<String>, i32) =
-        sqlx::query_as("SELECT status, error, model_attempts FROM turns")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(status, "failed");
-    assert_eq!(attempts, 3);
-    assert!(error.unwrap().contains("HTTP 500"));
+    assert_eq!(
+        app.strings("SELECT status || ':' || model_attempts FROM turns")
+            .await,
+        ["failed:3"]
+    );
+    let error = app.strings("SELECT error FROM turns").await;
+    assert!(error[0].contains("HTTP 500"), "{error:?}");
     assert_eq!(
         app.count("SELECT count(*) FROM inbound_events WHERE status = 'failed'")
             .await,
@@ -105,42 +109,48 @@ async fn a_model_that_keeps_failing_gets_the_user_the_apology() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_turn_whose_lease_was_taken_over_writes_nothing() {
-    let app = TestApp::spawn(TestConfig::default()).await;
-    app.post_message(&TestMessage::direct("fx1", "tina", "tina:hi"))
-        .await;
-    let session_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions")
-        .fetch_one(&app.pool)
+async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
+    let app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
+    let accepted: serde_json::Value = app
+        .post_message(&TestMessage::direct("fx1", "tina", "tina:hi"))
+        .await
+        .json()
         .await
         .unwrap();
+    let session_id: uuid::Uuid = accepted["session_id"].as_str().unwrap().parse().unwrap();
     let store = &app.deployment.store;
 
-    let slow = store.try_acquire_lease(session_id, "slow", Duration::from_millis(300))
+    let slow = store
+        .try_acquire_lease(session_id, "slow", Duration::from_millis(300))
         .await
         .unwrap()
         .unwrap();
     assert!(
-        store.try_acquire_lease(session_id, "fast", Duration::from_secs(5))
+        store
+            .try_acquire_lease(session_id, "fast", Duration::from_secs(5))
             .await
             .unwrap()
             .is_none()
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let fast = store.try_acquire_lease(session_id, "fast", Duration::from_secs(5))
+    let fast = store
+        .try_acquire_lease(session_id, "fast", Duration::from_secs(5))
         .await
         .unwrap()
         .unwrap();
     assert!(fast.epoch > slow.epoch);
     assert!(
-        !store.extend_lease(slow, Duration::from_secs(5))
+        !store
+            .extend_lease(slow, Duration::from_secs(5))
             .await
             .unwrap()
     );
 
-    let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10)
-        .await
-        .unwrap();
+    let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10).await.unwrap();
     assert_eq!(events.len(), 1);
     let record = |lease| TurnRecord {
         turn_id: uuid::Uuid::now_v7(),
@@ -168,10 +178,17 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing() {
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
     assert_eq!(
-        store.release_lease(fast, Duration::from_secs(5))
+        store
+            .release_lease(fast, Duration::from_secs(5))
             .await
             .unwrap(),
         Release::Released
     );
     app.stop().await;
 }
+
+crate::on_both_backends!(
+    model_429_with_retry_after_is_retried_after_that_delay,
+    a_model_that_keeps_failing_gets_the_user_the_apology,
+    a_turn_whose_lease_was_taken_over_writes_nothing,
+);

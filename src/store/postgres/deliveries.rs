@@ -12,7 +12,6 @@
 //! before its outcome is committed: that attempt is rerun, and the platform sees
 //! the same `webhook-id`/delivery id again (at-least-once; receivers deduplicate).
 
-
 use sqlx::{PgPool, postgres::types::PgInterval};
 
 use super::sessions::enqueue_delivery;

@@ -68,7 +68,12 @@ pub async fn enqueue<J: Job>(
     tx: &mut Transaction<'_, Postgres>,
     enqueue: Enqueue<'_, J>,
 ) -> Result<(), StoreError> {
-    let task = super::queue_task(enqueue.job, enqueue.idempotency_key, enqueue.max_attempts, enqueue.run_after);
+    let task = super::queue_task(
+        enqueue.job,
+        enqueue.idempotency_key,
+        enqueue.max_attempts,
+        enqueue.run_after,
+    );
     apalis_postgres::queries::push_tasks(&mut **tx, J::QUEUE, vec![task]).await?;
     Ok(())
 }

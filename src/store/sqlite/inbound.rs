@@ -71,7 +71,14 @@ pub async fn record(
     }
 
     let job = TurnJob::new(session_id, event_id, trace_id.clone());
-    enqueue(&mut tx, &job, format!("turn:{event_id}"), turn_job_attempts, None).await?;
+    enqueue(
+        &mut tx,
+        &job,
+        format!("turn:{event_id}"),
+        turn_job_attempts,
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Recorded::Accepted {
         event_id,

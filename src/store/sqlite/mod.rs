@@ -27,14 +27,15 @@ use sqlx::{
 
 use super::StoreError;
 
-
 fn options(path: &Path) -> Result<SqliteConnectOptions, sqlx::Error> {
-    Ok(SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10)))
+    Ok(
+        SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10)),
+    )
 }
 
 /// Opens (and creates when missing) the store file.
@@ -42,8 +43,7 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
     }
     Ok(SqlitePoolOptions::new()
         .max_connections(8)
@@ -62,7 +62,10 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .await?;
     let mut queue = apalis_sqlite::SqliteStorage::migrations();
     queue.set_ignore_missing(true);
-    for pragma in ["PRAGMA journal_mode = 'WAL';", "PRAGMA temp_store = MEMORY;"] {
+    for pragma in [
+        "PRAGMA journal_mode = 'WAL';",
+        "PRAGMA temp_store = MEMORY;",
+    ] {
         sqlx::query(pragma).execute(&setup_pool).await?;
     }
     queue.run(&setup_pool).await?;

@@ -61,19 +61,22 @@ pub async fn lease_state(pool: &SqlitePool, session_id: Uuid) -> Result<LeaseSta
 }
 
 pub async fn extend(pool: &SqlitePool, lease: Lease, ttl: Duration) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE sessions SET lease_expires_ms = ?3 WHERE id = ?1 AND lease_epoch = ?2",
-    )
-    .bind(lease.session_id)
-    .bind(lease.epoch)
-    .bind(now_ms() + ms(ttl))
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let updated =
+        sqlx::query("UPDATE sessions SET lease_expires_ms = ?3 WHERE id = ?1 AND lease_epoch = ?2")
+            .bind(lease.session_id)
+            .bind(lease.epoch)
+            .bind(now_ms() + ms(ttl))
+            .execute(pool)
+            .await?
+            .rows_affected();
     Ok(updated == 1)
 }
 
-pub async fn release(pool: &SqlitePool, lease: Lease, ttl: Duration) -> Result<Release, StoreError> {
+pub async fn release(
+    pool: &SqlitePool,
+    lease: Lease,
+    ttl: Duration,
+) -> Result<Release, StoreError> {
     let released: Option<bool> = sqlx::query_scalar(
         "UPDATE sessions
             SET lease_owner = CASE WHEN last_inbound_seq <= processed_seq THEN NULL ELSE lease_owner END,
@@ -115,10 +118,11 @@ pub async fn session_info(pool: &SqlitePool, session_id: Uuid) -> Result<Session
 }
 
 pub async fn event_is_settled(pool: &SqlitePool, event_id: Uuid) -> Result<bool, StoreError> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM inbound_events WHERE id = ?1")
-        .bind(event_id)
-        .fetch_optional(pool)
-        .await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM inbound_events WHERE id = ?1")
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
     Ok(status.is_none_or(|s| s != "pending"))
 }
 
@@ -159,7 +163,10 @@ pub async fn recent_history(
     Ok(rows)
 }
 
-pub async fn commit_turn(pool: &SqlitePool, turn: TurnRecord<'_>) -> Result<TurnCommit, StoreError> {
+pub async fn commit_turn(
+    pool: &SqlitePool,
+    turn: TurnRecord<'_>,
+) -> Result<TurnCommit, StoreError> {
     let (Some(first), Some(last)) = (turn.events.first(), turn.events.last()) else {
         return Ok(TurnCommit::Committed);
     };
