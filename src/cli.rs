@@ -1,6 +1,10 @@
 //! The `microclaw` command line: one binary, one subcommand per role.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +55,34 @@ pub enum Command {
     },
     /// Create the database if missing, apply migrations (the queue's and MicroClaw's), exit.
     Migrate,
+    /// Try MicroClaw with nothing to set up: receiver and worker in one process on an
+    /// embedded SQLite store, the mock model unless OPENAI_API_KEY is set.
+    ///
+    /// Everything lives in --data-dir: the store, the generated webhook secret, and
+    /// dev.json, which `microclaw send` reads. History survives restarts. A config file,
+    /// if given with --config (or ./microclaw.toml exists), is applied on top.
+    Dev {
+        /// Where the store and the dev secret live.
+        #[arg(long, default_value = "microclaw-data")]
+        data_dir: PathBuf,
+        /// Address to serve webhooks on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Send a message to a running `microclaw dev` and print the reply.
+    Send {
+        /// The message.
+        text: String,
+        /// The data directory of the running dev instance.
+        #[arg(long, default_value = "microclaw-data")]
+        data_dir: PathBuf,
+        /// Who the message is from (one conversation per sender).
+        #[arg(long, default_value = "you")]
+        from: String,
+        /// How long to wait for the reply, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -69,20 +101,6 @@ pub enum ConfigCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(&cli.config) {
-        Ok(settings) => settings,
-        Err(errors) => {
-            eprint!("{errors}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Command::Config {
-        command: ConfigCommand::Check,
-    } = cli.command
-    {
-        return config_check(&cli.config, &settings);
-    }
-    crate::telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,7 +111,41 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    let result = match cli.command {
+        Command::Send {
+            text,
+            data_dir,
+            from,
+            wait_secs,
+        } => runtime.block_on(async {
+            let info = crate::dev::read_info(&data_dir)?;
+            let reply =
+                crate::dev::send(&info, &from, &text, Duration::from_secs(wait_secs)).await?;
+            println!("{reply}");
+            Ok(())
+        }),
+        Command::Dev { data_dir, listen } => {
+            runtime.block_on(run_dev(&cli.config, data_dir, &listen))
+        }
+        command => {
+            let settings = match Settings::load(&cli.config) {
+                Ok(settings) => settings,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Command::Config {
+                command: ConfigCommand::Check,
+            } = command
+            {
+                return config_check(&cli.config, &settings);
+            }
+            crate::telemetry::init(&settings.log);
+            runtime.block_on(run(command, settings))
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "microclaw stopped with an error");
@@ -101,6 +153,62 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `microclaw dev`: everything in one process on the embedded store.
+async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Result<()> {
+    let _lock = crate::dev::lock_data_dir(&data_dir)?;
+    let secret = crate::dev::dev_secret(&data_dir)?;
+    let listener = roles::bind(listen).await?;
+    let bound = listener.local_addr()?.to_string();
+    let settings = crate::dev::settings(&data_dir, &bound, config, &secret)?;
+    crate::telemetry::init(&settings.log);
+    let agent_model = settings
+        .agents
+        .values()
+        .next()
+        .map(|a| a.model.clone())
+        .unwrap_or_default();
+    let deployment = Deployment::new(settings).await?;
+    deployment.store.migrate().await?;
+    crate::dev::recover(&deployment.store).await?;
+    let address = format!("http://{}", crate::dev::loopback(&bound));
+    crate::dev::write_info(
+        &data_dir,
+        &crate::dev::DevInfo {
+            address: address.clone(),
+            connector: crate::dev::DEV_CONNECTOR.to_owned(),
+            secret: secret.clone(),
+        },
+    )?;
+    println!("MicroClaw dev is running.");
+    println!(
+        "  store:    {} (SQLite)",
+        data_dir.join("microclaw.db").display()
+    );
+    println!("  model:    {agent_model}");
+    for connector in deployment.connectors.values() {
+        println!(
+            "  webhook:  POST {address}/hooks/{} ({} channel, Standard Webhooks; secret in {})",
+            connector.id(),
+            connector.channel.kind().as_str(),
+            data_dir.join("dev.json").display()
+        );
+    }
+    println!("  health:   {address}/healthz");
+    println!("Try it:    microclaw send \"hello\"");
+
+    let (trigger, shutdown) = Shutdown::new();
+    tokio::spawn(async move {
+        roles::termination_signal().await;
+        trigger.trigger();
+    });
+    let app = crate::receiver::router(deployment.clone())
+        .merge(crate::dev::router(deployment.clone(), &secret)?);
+    let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown.clone()));
+    let worker = roles::run_worker(deployment, None, shutdown).await;
+    receiver.await??;
+    worker
 }
 
 fn config_check(path: &std::path::Path, settings: &Settings) -> ExitCode {
@@ -177,7 +285,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             receiver.await??;
             worker
         }
-        // Answered in `main` before any runtime starts.
-        Command::Config { .. } => Ok(()),
+        // Answered in `main`.
+        Command::Config { .. } | Command::Dev { .. } | Command::Send { .. } => Ok(()),
     }
 }

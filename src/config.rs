@@ -446,7 +446,17 @@ impl RawConfig {
     /// then `MICROCLAW_SECTION__KEY` environment overrides.
     /// `DATABASE_URL` is honoured as the conventional spelling of `database.url`.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::load_layers(path, None)
+    }
+
+    /// Like [`RawConfig::load`] with a `preset` between the defaults and the file
+    /// (`microclaw dev` uses one). With a preset, `DATABASE_URL` is not consulted:
+    /// the preset chose the store.
+    pub fn load_layers(path: &Path, preset: Option<&str>) -> Result<Self, ConfigErrors> {
         let mut figment = Figment::from(Toml::string(EXAMPLE_CONFIG));
+        if let Some(preset) = preset {
+            figment = figment.merge(Toml::string(preset));
+        }
         if path.exists() {
             figment = figment.merge(Toml::file_exact(path));
         } else if path != Path::new(DEFAULT_PATH) {
@@ -455,7 +465,9 @@ impl RawConfig {
                 message: format!("file {} does not exist", path.display()),
             }]));
         }
-        if let Ok(url) = std::env::var("DATABASE_URL") {
+        if preset.is_none()
+            && let Ok(url) = std::env::var("DATABASE_URL")
+        {
             figment = figment.merge(("database.url", url));
         }
         // Only `SECTION__KEY` variables are configuration; MICROCLAW_CUSTOM_SECRET and

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod deployment;
+pub mod dev;
 pub mod health;
 pub mod providers;
 pub mod receiver;

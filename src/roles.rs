@@ -69,8 +69,16 @@ pub async fn serve_receiver(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    serve_http(crate::receiver::router(deployment), listener, shutdown).await
+}
+
+/// Serves `app` until shutdown, finishing the requests in flight.
+pub async fn serve_http(
+    app: axum::Router,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "receiver listening");
-    let app = crate::receiver::router(deployment);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.wait())
         .await?;

@@ -229,6 +229,29 @@ impl Store {
         }
     }
 
+    /// The status of an inbound event and the assistant message of the turn that
+    /// answered it; None for an unknown event.
+    pub async fn event_reply(&self, event_id: Uuid) -> Result<Option<EventReply>, StoreError> {
+        const SQL: &str = "SELECT e.status, m.content AS reply
+                             FROM inbound_events e
+                             LEFT JOIN messages m ON m.turn_id = e.turn_id AND m.role = 'assistant'
+                            WHERE e.id = $1";
+        Ok(match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(event_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(event_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        })
+    }
+
     /// Puts the unfinished jobs of the named queue workers back on their queues.
     pub async fn return_unfinished_jobs(&self, workers: &[String]) -> Result<u64, StoreError> {
         match self {

@@ -192,3 +192,11 @@ impl DeadReason {
         }
     }
 }
+
+/// What became of an inbound event, with the reply that answered it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EventReply {
+    /// pending | answered | failed
+    pub status: String,
+    pub reply: Option<String>,
+}

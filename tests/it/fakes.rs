@@ -42,6 +42,8 @@ pub struct ModelCall {
     /// The text before ':' of the last user message: tests tag messages by session.
     pub session_tag: String,
     pub user_messages: Vec<String>,
+    /// Every message of the request, system and history included.
+    pub message_count: usize,
     pub started: Instant,
     pub finished: Option<Instant>,
     pub answered: bool,
@@ -148,6 +150,7 @@ async fn complete(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Res
         state.calls.push(ModelCall {
             session_tag: session_tag.clone(),
             user_messages: user_messages.clone(),
+            message_count: body["messages"].as_array().map_or(0, Vec::len),
             started: Instant::now(),
             finished: None,
             answered: false,

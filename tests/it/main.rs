@@ -3,6 +3,7 @@
 
 mod cli;
 mod delivery;
+mod dev;
 mod fakes;
 mod helpers;
 mod ordering;

@@ -118,6 +118,25 @@ pub async fn return_unfinished(pool: &SqlitePool, workers: &[String]) -> Result<
     Ok(returned)
 }
 
+/// After a restart of the one process that owns the file, nothing can still be
+/// running: put every job that was in flight back on its queue and free every
+/// session lease, instead of waiting for the recovery window.
+pub async fn recover_after_restart(pool: &SqlitePool) -> Result<u64, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let jobs = sqlx::query(
+        "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
+          WHERE status IN ('Running', 'Queued')",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("UPDATE sessions SET lease_owner = NULL, lease_expires_ms = NULL WHERE lease_owner IS NOT NULL")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
 /// Now, as the lease columns store it.
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

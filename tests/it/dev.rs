@@ -1,0 +1,258 @@
+//! `microclaw dev` and `microclaw send` as a user runs them: the real binary, an
+//! embedded store in a fresh data directory, no Postgres and no Redis involved.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use microclaw::{channels::standard_webhooks::SigningKey, dev::DevInfo};
+
+use crate::{fakes::FakeModel, helpers::TestMessage};
+
+struct DevInstance {
+    data_dir: PathBuf,
+    listen: String,
+    model: FakeModel,
+    child: Option<tokio::process::Child>,
+}
+
+fn free_port() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().to_string()
+}
+
+fn microclaw(data_dir: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"));
+    command
+        .current_dir(data_dir.parent().unwrap())
+        .env_remove("DATABASE_URL")
+        .env_remove("MICROCLAW_CONFIG")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    command
+}
+
+impl DevInstance {
+    async fn new() -> Self {
+        microclaw::install_tls_provider();
+        let root = std::env::temp_dir().join(format!(
+            "microclaw-dev-it-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&root).unwrap();
+        DevInstance {
+            data_dir: root.join("microclaw-data"),
+            listen: free_port(),
+            model: FakeModel::start().await,
+            child: None,
+        }
+    }
+
+    /// Starts `microclaw dev` with the OpenAI provider pointed at the fake model.
+    async fn start(&mut self) {
+        let child = microclaw(&self.data_dir)
+            .args(["dev", "--listen", &self.listen, "--data-dir"])
+            .arg(&self.data_dir)
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("MICROCLAW_MODELS__OPENAI__BASE_URL", &self.model.base_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http
+                .get(format!("http://{}/readyz", self.listen))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status() == 200) && self.data_dir.join("dev.json").exists() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "microclaw dev did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    async fn crash(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().await.unwrap();
+    }
+
+    /// `microclaw send TEXT`: its exit status and what it printed.
+    async fn send(&self, text: &str) -> (bool, String) {
+        let output = microclaw(&self.data_dir)
+            .args(["send", text, "--wait-secs", "20", "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .await
+            .unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let errors = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.success(), format!("{printed}{errors}"))
+    }
+
+    fn info(&self) -> DevInfo {
+        serde_json::from_str(&std::fs::read_to_string(self.data_dir.join("dev.json")).unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for DevInstance {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(self.data_dir.parent().unwrap()).ok();
+    }
+}
+
+#[tokio::test]
+async fn send_talks_to_dev_and_history_survives_a_restart() {
+    let mut dev = DevInstance::new().await;
+    dev.start().await;
+    assert_eq!(
+        dev.send("you:first").await,
+        (true, "answer to [you:first]".to_owned())
+    );
+    dev.stop().await;
+
+    dev.start().await;
+    assert_eq!(
+        dev.send("you:second").await,
+        (true, "answer to [you:second]".to_owned())
+    );
+    let calls = dev.model.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].message_count,
+        calls[0].message_count + 2,
+        "the second turn, after a restart, sees the first question and its answer"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_survives_a_crash_of_dev() {
+    let mut dev = DevInstance::new().await;
+    dev.model.set_delay(Duration::from_secs(5));
+    dev.start().await;
+    let info = dev.info();
+
+    let message = TestMessage::direct("crash-1", "zoe", "zoe:are you there");
+    let body = message.body();
+    let now = chrono::Utc::now().timestamp();
+    let signature =
+        SigningKey::parse(&info.secret)
+            .unwrap()
+            .sign("wh-crash-1", now, body.as_bytes());
+    let http = reqwest::Client::new();
+    let called = dev.model.call_started.notified();
+    let accepted = http
+        .post(format!("{}/hooks/{}", info.address, info.connector))
+        .header("webhook-id", "wh-crash-1")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    let event_id = accepted.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::timeout(Duration::from_secs(20), called)
+        .await
+        .unwrap();
+    // The turn is waiting on the model: the process dies without a chance to clean up.
+    dev.crash().await;
+
+    dev.model.set_delay(Duration::from_millis(10));
+    dev.start().await;
+    let reply: serde_json::Value = http
+        .get(format!(
+            "{}/dev/v1/events/{event_id}/reply?wait_secs=20",
+            info.address
+        ))
+        .bearer_auth(&info.secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "answered", "{reply}");
+    assert_eq!(reply["reply"], "answer to [zoe:are you there]");
+    assert_eq!(
+        dev.model.calls().len(),
+        2,
+        "the interrupted turn ran again after the restart"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn the_reply_endpoint_wants_the_dev_secret() {
+    let mut dev = DevInstance::new().await;
+    dev.start().await;
+    let info = dev.info();
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/dev/v1/events/{}/reply",
+        info.address,
+        uuid::Uuid::now_v7()
+    );
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("whsec_wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(&info.secret)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_dev_on_the_same_data_dir_is_refused() {
+    let mut dev = DevInstance::new().await;
+    dev.start().await;
+    let output = microclaw(&dev.data_dir)
+        .args(["dev", "--listen", &free_port(), "--data-dir"])
+        .arg(&dev.data_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("another `microclaw dev` is running"));
+    dev.stop().await;
+}
