@@ -27,7 +27,8 @@ fn microclaw(data_dir: &Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"));
     command
         .current_dir(data_dir.parent().unwrap())
-        .env_remove("DATABASE_URL")
+        // As on a machine without Postgres: dev must not need or try it.
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/unreachable")
         .env_remove("MICROCLAW_CONFIG")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);
