@@ -226,7 +226,7 @@ fn config_check(path: &std::path::Path, settings: &Settings) -> ExitCode {
     for (name, model) in &settings.models {
         println!(
             "  model {name}: worst-case turn time {:.1}s, recovery window {:.1}s",
-            model.worst_case_turn_time().as_secs_f64(),
+            model.worst_case_model_time().as_secs_f64(),
             settings.worker.recovery_window.0.as_secs_f64()
         );
     }

@@ -299,6 +299,8 @@ impl Default for LogConfig {
 pub enum ProviderKind {
     /// OpenAI Chat Completions and every compatible server (Qwen, vLLM, Ollama, llama.cpp).
     Openai,
+    /// Anthropic Messages API (Claude).
+    Anthropic,
     /// Deterministic, offline; for tests and first runs.
     Mock,
 }
@@ -329,6 +331,33 @@ pub struct ModelConfig {
     /// Extra top-level fields sent with every request (temperature, enable_thinking, …).
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Extra HTTP headers sent with every request (e.g. OpenAI-Organization, anthropic-beta).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Output token limit of one call (Anthropic requires one).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Model steps of one turn: each tool round trip is a step.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+}
+
+fn default_max_tokens() -> u32 {
+    1024
+}
+fn default_max_steps() -> u32 {
+    4
+}
+
+impl ProviderKind {
+    /// The API's public base URL, used when `base_url` is not set.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Mock => "",
+        }
+    }
 }
 
 fn default_model_timeout() -> Span {
@@ -355,6 +384,16 @@ pub struct AgentConfig {
     pub instructions: String,
     /// Key of an entry in `[models]`.
     pub model: String,
+    /// Built-in tools the model may call.
+    #[serde(default = "default_tools")]
+    pub tools: Vec<String>,
+}
+
+fn default_tools() -> Vec<String> {
+    crate::tools::BUILTIN
+        .iter()
+        .map(|t| t.to_string())
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -417,9 +456,11 @@ pub struct ModelSettings {
 }
 
 impl ModelSettings {
-    /// The longest one turn can spend on this model: every attempt timing out, and
-    /// the longest permitted wait between attempts.
-    pub fn worst_case_turn_time(&self) -> Duration {
+    /// The longest one model step of a turn can take: every attempt timing out, and
+    /// the longest permitted wait between attempts. (A turn with tool calls runs
+    /// several steps; its session lease is extended throughout, and the queue only
+    /// recovers jobs of workers that stopped heartbeating.)
+    pub fn worst_case_model_time(&self) -> Duration {
         let attempts = self.config.max_attempts.max(1);
         let wait = self.config.max_backoff.0.max(self.config.max_retry_after.0);
         self.config.timeout.0 * attempts + wait * (attempts - 1)
@@ -622,16 +663,28 @@ impl Settings {
             let key = |field: &str| format!("models.{name}.{field}");
             let mut api_key = None;
             match model.provider {
-                ProviderKind::Openai => {
-                    if model.base_url.is_empty() {
-                        problem(key("base_url"), "must be set for provider openai".into());
-                    } else if !model.base_url.starts_with("http://")
+                ProviderKind::Openai | ProviderKind::Anthropic => {
+                    if !model.base_url.is_empty()
+                        && !model.base_url.starts_with("http://")
                         && !model.base_url.starts_with("https://")
                     {
                         problem(key("base_url"), "must be an http(s) URL".into());
                     }
                     if model.model.is_empty() {
-                        problem(key("model"), "must name the model, e.g. gpt-4o-mini".into());
+                        problem(
+                            key("model"),
+                            "must name the model, e.g. gpt-4o-mini or claude-sonnet-4-5".into(),
+                        );
+                    }
+                    for (header, value) in &model.headers {
+                        if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err()
+                            || axum::http::HeaderValue::from_str(value).is_err()
+                        {
+                            problem(
+                                format!("models.{name}.headers.{header}"),
+                                "is not a valid HTTP header".into(),
+                            );
+                        }
                     }
                     if let Some(var) = &model.api_key_env {
                         match env(var) {
@@ -650,15 +703,25 @@ impl Settings {
             if model.max_attempts == 0 {
                 problem(key("max_attempts"), "must be at least 1".into());
             }
+            if model.max_steps == 0 {
+                problem(key("max_steps"), "must be at least 1".into());
+            }
+            if model.max_tokens == 0 {
+                problem(key("max_tokens"), "must be positive".into());
+            }
             if model.timeout.0.is_zero() {
                 problem(key("timeout"), "must be positive".into());
             }
             if model.min_backoff.0 > model.max_backoff.0 {
                 problem(key("min_backoff"), "must not exceed max_backoff".into());
             }
+            let mut config = model.clone();
+            if config.base_url.is_empty() {
+                config.base_url = config.provider.default_base_url().to_owned();
+            }
             let settings = ModelSettings {
                 name: name.clone(),
-                config: model.clone(),
+                config,
                 api_key,
             };
             models.insert(name.clone(), settings);
@@ -678,6 +741,17 @@ impl Settings {
                     format!("`{}` is not a key of [models]", agent.model),
                 );
             }
+            for (t, tool) in agent.tools.iter().enumerate() {
+                if crate::tools::builtin(tool).is_none() {
+                    problem(
+                        format!("agents[{i}].tools[{t}]"),
+                        format!(
+                            "`{tool}` is not a built-in tool (known: {})",
+                            crate::tools::BUILTIN.join(", ")
+                        ),
+                    );
+                }
+            }
             if agents.insert(agent.name.clone(), agent.clone()).is_some() {
                 problem(
                     format!("agents[{i}].name"),
@@ -693,7 +767,7 @@ impl Settings {
             let Some(model) = models.get(name) else {
                 continue;
             };
-            let worst = model.worst_case_turn_time();
+            let worst = model.worst_case_model_time();
             if worst >= raw.worker.recovery_window.0 {
                 problem(
                     format!("models.{name}.timeout"),
@@ -851,7 +925,6 @@ mod tests {
         let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
         for expected in [
             "worker.session_lease",
-            "models.main.base_url",
             "models.main.model",
             "models.main.api_key_env",
             "models.main.timeout",

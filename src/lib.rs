@@ -17,6 +17,7 @@ pub mod retry;
 pub mod roles;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod worker;
 
 /// Installs ring as the process-wide TLS provider. reqwest is built without a

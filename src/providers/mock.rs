@@ -5,7 +5,7 @@
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{ChatRequest, ChatResponse, Provider, ProviderError, Role};
+use super::{ChatRequest, ChatResponse, Message, Provider, ProviderError, Role, StopReason};
 
 pub struct MockProvider;
 
@@ -19,12 +19,12 @@ impl Provider for MockProvider {
 }
 
 fn answer(request: &ChatRequest) -> ChatResponse {
-    let unanswered: Vec<&str> = request
+    let unanswered: Vec<String> = request
         .messages
         .iter()
         .rev()
         .take_while(|m| m.role == Role::User)
-        .map(|m| m.content.as_str())
+        .map(Message::joined_text)
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
@@ -37,11 +37,12 @@ fn answer(request: &ChatRequest) -> ChatResponse {
     let input_tokens = request
         .messages
         .iter()
-        .map(|m| m.content.split_whitespace().count() as u64)
+        .map(|m| m.joined_text().split_whitespace().count() as u64)
         .sum();
     let output_tokens = text.split_whitespace().count() as u64;
     ChatResponse {
-        text,
+        message: Message::text(Role::Assistant, text),
+        stop: StopReason::EndTurn,
         model: "mock".into(),
         input_tokens: Some(input_tokens),
         output_tokens: Some(output_tokens),
@@ -51,22 +52,22 @@ fn answer(request: &ChatRequest) -> ChatResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ChatMessage;
 
     #[test]
     fn answers_every_unanswered_user_message_in_order() {
         let request = ChatRequest {
+            system: Some("be brief".into()),
             messages: vec![
-                ChatMessage::new(Role::System, "be brief"),
-                ChatMessage::new(Role::User, "old"),
-                ChatMessage::new(Role::Assistant, "(mock) You said: old"),
-                ChatMessage::new(Role::User, "one"),
-                ChatMessage::new(Role::User, "two"),
+                Message::text(Role::User, "old"),
+                Message::text(Role::Assistant, "(mock) You said: old"),
+                Message::text(Role::User, "one"),
+                Message::text(Role::User, "two"),
             ],
+            tools: vec![],
             trace_id: "t".into(),
         };
         let response = answer(&request);
-        assert_eq!(response.text, "(mock) You said: one / two");
+        assert_eq!(response.text(), "(mock) You said: one / two");
         assert_eq!(response.model, "mock");
         assert_eq!(answer(&request), response);
     }

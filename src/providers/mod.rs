@@ -8,6 +8,8 @@
 //! fails the call instead of holding the session). The worst case of this policy is
 //! what the boot check in `config` compares with the worker recovery window.
 
+pub mod anthropic;
+pub mod message;
 pub mod mock;
 pub mod openai;
 
@@ -15,45 +17,33 @@ use std::{sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+
+pub use message::{Message, Part, Role, StopReason, ToolCall, ToolResult, ToolSpec};
 
 use crate::config::{ModelSettings, ProviderKind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolSpec>,
     pub trace_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChatResponse {
-    pub text: String,
+    /// The assistant message: text and tool calls.
+    pub message: Message,
+    pub stop: StopReason,
     pub model: String,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+}
+
+impl ChatResponse {
+    pub fn text(&self) -> String {
+        self.message.joined_text()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +56,8 @@ pub enum ProviderErrorKind {
     Auth,
     BadRequest,
     ContextWindow,
+    /// Withheld by a content filter or refused.
+    ContentPolicy,
     /// The answer could not be understood (not the documented wire format).
     Malformed,
 }
@@ -129,6 +121,9 @@ impl ModelRoute {
     pub fn new(settings: &ModelSettings, http: &reqwest::Client) -> Self {
         let provider: Arc<dyn Provider> = match settings.config.provider {
             ProviderKind::Openai => Arc::new(openai::OpenAiProvider::new(settings, http.clone())),
+            ProviderKind::Anthropic => {
+                Arc::new(anthropic::AnthropicProvider::new(settings, http.clone()))
+            }
             ProviderKind::Mock => Arc::new(mock::MockProvider),
         };
         Self {
@@ -136,6 +131,11 @@ impl ModelRoute {
             provider,
             settings: settings.clone(),
         }
+    }
+
+    /// Model steps one turn may take (tool round trips).
+    pub fn max_steps(&self) -> u32 {
+        self.settings.config.max_steps.max(1)
     }
 
     /// Calls the model, retrying retryable errors with backoff and Retry-After.

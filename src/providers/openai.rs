@@ -14,7 +14,10 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatRequest, ChatResponse, Provider, ProviderError, ProviderErrorKind};
+use super::{
+    ChatRequest, ChatResponse, Message, Part, Provider, ProviderError, ProviderErrorKind, Role,
+    StopReason, ToolCall, message::arguments_object,
+};
 use crate::config::ModelSettings;
 
 pub struct OpenAiProvider {
@@ -22,6 +25,7 @@ pub struct OpenAiProvider {
     model: String,
     api_key: Option<secrecy::SecretString>,
     params: serde_json::Map<String, Value>,
+    headers: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -45,6 +49,22 @@ struct Choice {
 struct AssistantMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    /// A JSON document in a string; servers also send "" or omit it.
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,19 +100,24 @@ impl OpenAiProvider {
             model: settings.config.model.clone(),
             api_key: settings.api_key.clone(),
             params: settings.config.params.clone(),
+            headers: settings
+                .config
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             http,
         }
     }
 
-    fn body(&self, request: &ChatRequest) -> Value {
-        let mut body = self.params.clone();
-        body.insert("model".into(), json!(self.model));
-        body.insert("messages".into(), json!(request.messages));
-        Value::Object(body)
-    }
-
     async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let mut builder = self.http.post(&self.endpoint).json(&self.body(request));
+        let mut builder =
+            self.http
+                .post(&self.endpoint)
+                .json(&request_body(&self.model, &self.params, request));
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key.expose_secret());
         }
@@ -114,28 +139,7 @@ impl OpenAiProvider {
             error.retry_after = retry_after;
             return Err(error);
         }
-        let body: CompletionBody = serde_json::from_str(&text).map_err(|e| {
-            ProviderError::new(
-                ProviderErrorKind::Malformed,
-                format!("unexpected completion body: {e}"),
-            )
-        })?;
-        let choice = body.choices.into_iter().next().ok_or_else(|| {
-            ProviderError::new(ProviderErrorKind::Malformed, "completion has no choices")
-        })?;
-        if choice.finish_reason.as_deref() == Some("content_filter") {
-            return Err(ProviderError::new(
-                ProviderErrorKind::BadRequest,
-                "the answer was withheld by the content filter",
-            ));
-        }
-        let usage = body.usage;
-        Ok(ChatResponse {
-            text: choice.message.content.unwrap_or_default(),
-            model: body.model.unwrap_or_else(|| self.model.clone()),
-            input_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
-            output_tokens: usage.as_ref().and_then(|u| u.completion_tokens),
-        })
+        parse_response(&self.model, &text)
     }
 }
 
@@ -146,6 +150,161 @@ impl Provider for OpenAiProvider {
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         self.call(request).boxed()
     }
+}
+
+/// The Chat Completions request for `request`: the system prompt first, tool
+/// results as one `tool` message per call (an error folded into the text).
+pub fn request_body(
+    model: &str,
+    params: &serde_json::Map<String, Value>,
+    request: &ChatRequest,
+) -> Value {
+    let mut messages = Vec::with_capacity(request.messages.len() + 1);
+    if let Some(system) = &request.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for message in &request.messages {
+        match message.role {
+            Role::User => {
+                let only_text = message.parts.iter().all(|p| matches!(p, Part::Text { .. }));
+                let content = if only_text {
+                    json!(message.joined_text())
+                } else {
+                    Value::Array(
+                        message
+                            .parts
+                            .iter()
+                            .filter_map(|part| match part {
+                                Part::Text { text } => Some(json!({"type": "text", "text": text})),
+                                Part::Image { url } => {
+                                    Some(json!({"type": "image_url", "image_url": {"url": url}}))
+                                }
+                                _ => None,
+                            })
+                            .collect(),
+                    )
+                };
+                messages.push(json!({"role": "user", "content": content}));
+            }
+            Role::Assistant => {
+                let text = message.joined_text();
+                let calls: Vec<Value> = message
+                    .tool_calls()
+                    .map(|call| {
+                        json!({
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments.to_string()}
+                        })
+                    })
+                    .collect();
+                let mut wire = json!({
+                    "role": "assistant",
+                    "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
+                });
+                if !calls.is_empty() {
+                    wire["tool_calls"] = Value::Array(calls);
+                }
+                messages.push(wire);
+            }
+            Role::Tool => {
+                for part in &message.parts {
+                    if let Part::ToolResult(result) = part {
+                        let content = if result.is_error {
+                            format!("Error: {}", result.content)
+                        } else {
+                            result.content.clone()
+                        };
+                        messages.push(json!({
+                            "role": "tool",
+                            "tool_call_id": result.call_id,
+                            "content": content
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    let mut body = params.clone();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    if !request.tools.is_empty() {
+        body.insert(
+            "tools".into(),
+            Value::Array(
+                request
+                    .tools
+                    .iter()
+                    .map(|tool| {
+                        json!({
+                            "type": "function",
+                            "function": {
+                                "name": tool.name,
+                                "description": tool.description,
+                                "parameters": tool.schema
+                            }
+                        })
+                    })
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(body)
+}
+
+/// Reads a 200 answer into the internal model.
+pub fn parse_response(model: &str, text: &str) -> Result<ChatResponse, ProviderError> {
+    let body: CompletionBody = serde_json::from_str(text).map_err(|e| {
+        ProviderError::new(
+            ProviderErrorKind::Malformed,
+            format!("unexpected completion body: {e}"),
+        )
+    })?;
+    let choice = body.choices.into_iter().next().ok_or_else(|| {
+        ProviderError::new(ProviderErrorKind::Malformed, "completion has no choices")
+    })?;
+    let stop = match choice.finish_reason.as_deref() {
+        Some("stop") => StopReason::EndTurn,
+        Some("tool_calls") | Some("function_call") => StopReason::ToolUse,
+        Some("length") => StopReason::MaxTokens,
+        Some("content_filter") => StopReason::ContentFilter,
+        Some(other) => StopReason::Other(other.to_owned()),
+        None => StopReason::Other("none".into()),
+    };
+    if stop == StopReason::ContentFilter {
+        return Err(ProviderError::new(
+            ProviderErrorKind::ContentPolicy,
+            "the answer was withheld by the content filter",
+        ));
+    }
+    let mut parts = Vec::new();
+    if let Some(text) = choice.message.content.filter(|t| !t.is_empty()) {
+        parts.push(Part::Text { text });
+    }
+    for call in choice.message.tool_calls {
+        parts.push(Part::ToolCall(ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: arguments_object(call.function.arguments.as_deref().unwrap_or("")),
+        }));
+    }
+    // Some servers end a tool-calling answer with "stop"; the calls decide.
+    let stop = if parts.iter().any(|p| matches!(p, Part::ToolCall(_))) {
+        StopReason::ToolUse
+    } else {
+        stop
+    };
+    let usage = body.usage;
+    Ok(ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            parts,
+        },
+        stop,
+        model: body.model.unwrap_or_else(|| model.to_owned()),
+        input_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
+        output_tokens: usage.as_ref().and_then(|u| u.completion_tokens),
+    })
 }
 
 /// Classifies a non-2xx answer by its `error.code` first, its status second.
@@ -175,6 +334,8 @@ fn classify(status: u16, body: &str) -> ProviderError {
     ];
     let kind = if quota_codes.contains(&code.as_str()) || kind_field == "insufficient_quota" {
         ProviderErrorKind::QuotaExhausted
+    } else if code == "content_policy_violation" || code == "content_filter" {
+        ProviderErrorKind::ContentPolicy
     } else if code == "context_length_exceeded"
         || message.contains("maximum context length")
         || message.contains("exceeds the available context size")
@@ -241,6 +402,68 @@ mod tests {
             ),
             ProviderErrorKind::ContextWindow
         );
+    }
+
+    #[test]
+    fn tool_calls_round_trip_through_the_wire_format() {
+        let answer = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini",
+            "choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[
+              {"id":"call_1","type":"function","function":{"name":"current_time","arguments":"{\"timezone\":\"Europe/Paris\"}"}},
+              {"id":"call_2","type":"function","function":{"name":"current_time","arguments":""}}]},
+              "finish_reason":"tool_calls"}],
+            "usage":{"prompt_tokens":20,"completion_tokens":9,"total_tokens":29}}"#;
+        let response = parse_response("gpt-4o-mini", answer).unwrap();
+        assert_eq!(response.stop, StopReason::ToolUse);
+        let calls: Vec<&ToolCall> = response.message.tool_calls().collect();
+        assert_eq!(calls[0].arguments, json!({"timezone": "Europe/Paris"}));
+        assert_eq!(
+            calls[1].arguments,
+            json!({}),
+            "an empty string is an empty object"
+        );
+        assert_eq!(response.input_tokens, Some(20));
+
+        let request = ChatRequest {
+            system: Some("be brief".into()),
+            messages: vec![
+                Message::text(Role::User, "what time is it in Paris?"),
+                response.message.clone(),
+                Message {
+                    role: Role::Tool,
+                    parts: vec![
+                        Part::ToolResult(crate::providers::ToolResult {
+                            call_id: "call_1".into(),
+                            content: "12:00".into(),
+                            is_error: false,
+                        }),
+                        Part::ToolResult(crate::providers::ToolResult {
+                            call_id: "call_2".into(),
+                            content: "missing timezone".into(),
+                            is_error: true,
+                        }),
+                    ],
+                },
+            ],
+            tools: vec![],
+            trace_id: "t".into(),
+        };
+        let body = request_body("gpt-4o-mini", &Default::default(), &request);
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(
+            messages[0],
+            json!({"role": "system", "content": "be brief"})
+        );
+        assert_eq!(messages[2]["content"], Value::Null);
+        assert_eq!(messages[2]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(
+            messages[2]["tool_calls"][0]["function"]["arguments"],
+            r#"{"timezone":"Europe/Paris"}"#
+        );
+        assert_eq!(
+            messages[3],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "12:00"})
+        );
+        assert_eq!(messages[4]["content"], "Error: missing timezone");
     }
 
     #[test]

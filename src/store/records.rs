@@ -88,6 +88,21 @@ pub struct SessionInfo {
 pub struct HistoryMessage {
     pub role: String,
     pub content: String,
+    /// The structured parts of a tool-calling message; None for plain text.
+    pub parts: Option<sqlx::types::Json<Vec<crate::providers::Part>>>,
+}
+
+impl HistoryMessage {
+    pub fn to_message(&self) -> Option<crate::providers::Message> {
+        let role = crate::providers::Role::parse(&self.role)?;
+        Some(match &self.parts {
+            Some(parts) => crate::providers::Message {
+                role,
+                parts: parts.0.clone(),
+            },
+            None => crate::providers::Message::text(role, &self.content),
+        })
+    }
 }
 
 /// Everything one finished turn writes.
@@ -96,6 +111,9 @@ pub struct TurnRecord<'a> {
     pub turn_id: Uuid,
     pub lease: Lease,
     pub events: &'a [PendingEvent],
+    /// The tool-calling steps of the turn, in order: assistant messages with tool
+    /// calls and the tool messages with their results.
+    pub steps: &'a [crate::providers::Message],
     pub reply: &'a str,
     pub model: Option<&'a str>,
     /// The error that made the turn fail (the reply is then the apology).

@@ -24,10 +24,12 @@ use crate::{
     channels::ReplyTarget,
     config::TurnMode,
     deployment::Deployment,
-    providers::{ChatMessage, ChatRequest, Role},
+    providers::{ChatRequest, Message, ModelRoute, Part, Role, StopReason, ToolCall},
     store::{
-        Lease, PendingEvent, PlannedDelivery, Release, Store, StoreError, TurnCommit, TurnRecord,
+        HistoryMessage, Lease, PendingEvent, PlannedDelivery, Release, Store, StoreError,
+        TurnCommit, TurnRecord,
     },
+    tools::Toolbox,
 };
 
 /// What a turn job needs.
@@ -151,66 +153,43 @@ async fn answer(
 
     let agent = settings.agents.get(agent_name);
     let route = agent.and_then(|a| deployment.models.get(&a.model));
-    let (reply, model, error, attempts) = match (agent, route) {
+    let AgentOutcome {
+        steps,
+        reply,
+        model,
+        error,
+        attempts,
+    } = match (agent, route) {
         (Some(agent), Some(route)) => {
             let history = store
                 .recent_history(lease.session_id, settings.worker.history_messages)
                 .await?;
-            let mut messages = Vec::with_capacity(history.len() + events.len() + 1);
-            if !agent.instructions.is_empty() {
-                messages.push(ChatMessage::new(Role::System, &agent.instructions));
-            }
-            for m in history {
-                let role = if m.role == "assistant" {
-                    Role::Assistant
-                } else {
-                    Role::User
-                };
-                messages.push(ChatMessage::new(role, m.content));
-            }
-            for e in events {
-                messages.push(ChatMessage::new(Role::User, &e.text));
-            }
+            let mut conversation = conversation_from(&history);
+            conversation.extend(events.iter().map(|e| Message::text(Role::User, &e.text)));
             let request = ChatRequest {
-                messages,
+                system: (!agent.instructions.is_empty()).then(|| agent.instructions.clone()),
+                messages: conversation,
+                tools: Toolbox::new(&agent.tools).specs(),
                 trace_id: trace_id.clone(),
             };
-            let Some(outcome) = keep_lease_while(
-                store,
-                lease,
-                settings.worker.session_lease.0,
-                route.complete(&request),
-            )
-            .await
+            let toolbox = Toolbox::new(&agent.tools);
+            let run = run_agent(route, &toolbox, request, &settings.worker.apology);
+            let Some(outcome) =
+                keep_lease_while(store, lease, settings.worker.session_lease.0, run).await
             else {
                 return Ok(TurnCommit::Fenced);
             };
-            match outcome.result {
-                Ok(response) if !response.text.trim().is_empty() => {
-                    (response.text, Some(response.model), None, outcome.attempts)
-                }
-                Ok(_) => (
-                    settings.worker.apology.clone(),
-                    Some(route.name.clone()),
-                    Some("the model returned an empty answer".to_owned()),
-                    outcome.attempts,
-                ),
-                Err(e) => (
-                    settings.worker.apology.clone(),
-                    Some(route.name.clone()),
-                    Some(e.to_string()),
-                    outcome.attempts,
-                ),
-            }
+            outcome
         }
-        _ => (
-            settings.worker.apology.clone(),
-            None,
-            Some(format!(
+        _ => AgentOutcome {
+            steps: Vec::new(),
+            reply: settings.worker.apology.clone(),
+            model: None,
+            error: Some(format!(
                 "agent `{agent_name}` or its model is not configured"
             )),
-            0,
-        ),
+            attempts: 0,
+        },
     };
     if let Some(error) = &error {
         tracing::warn!(%error, "turn failed; sending the apology");
@@ -245,6 +224,7 @@ async fn answer(
             turn_id,
             lease,
             events,
+            steps: &steps,
             reply: &reply,
             model: model.as_deref(),
             error: error.as_deref(),
@@ -268,6 +248,92 @@ async fn answer(
         );
     }
     Ok(committed)
+}
+
+/// What the model loop of one turn produced.
+struct AgentOutcome {
+    /// Tool-calling steps (assistant calls and tool results), in order.
+    steps: Vec<Message>,
+    /// The final answer, or the apology when the model failed.
+    reply: String,
+    model: Option<String>,
+    error: Option<String>,
+    /// Model calls made, retries included.
+    attempts: u32,
+}
+
+/// The stored history as a conversation the model accepts: it starts at a user
+/// message, so a window that cut a tool call from its result drops both.
+fn conversation_from(history: &[HistoryMessage]) -> Vec<Message> {
+    history
+        .iter()
+        .skip_while(|m| m.role != "user")
+        .filter_map(HistoryMessage::to_message)
+        .collect()
+}
+
+/// The agent loop: call the model; while it asks for tools (and steps remain),
+/// run them and call it again with their results.
+async fn run_agent(
+    route: &ModelRoute,
+    toolbox: &Toolbox,
+    mut request: ChatRequest,
+    apology: &str,
+) -> AgentOutcome {
+    let max_steps = route.max_steps();
+    let mut steps = Vec::new();
+    let mut attempts = 0;
+    let failed = |steps, attempts, error: String| AgentOutcome {
+        steps,
+        reply: apology.to_owned(),
+        model: Some(route.name.clone()),
+        error: Some(error),
+        attempts,
+    };
+    for step in 1..=max_steps {
+        let outcome = route.complete(&request).await;
+        attempts += outcome.attempts;
+        let response = match outcome.result {
+            Ok(response) => response,
+            Err(e) => return failed(steps, attempts, e.to_string()),
+        };
+        let calls: Vec<ToolCall> = response.message.tool_calls().cloned().collect();
+        if calls.is_empty() || response.stop != StopReason::ToolUse {
+            let text = response.text();
+            if text.trim().is_empty() {
+                return failed(steps, attempts, "the model returned an empty answer".into());
+            }
+            return AgentOutcome {
+                steps,
+                reply: text,
+                model: Some(response.model),
+                error: None,
+                attempts,
+            };
+        }
+        if step == max_steps {
+            return failed(
+                steps,
+                attempts,
+                format!("the model still asked for tools after {max_steps} steps"),
+            );
+        }
+        let mut results = Vec::with_capacity(calls.len());
+        for call in &calls {
+            let result = toolbox.run(call).await;
+            tracing::info!(tool = %call.name, is_error = result.is_error, "tool called");
+            results.push(Part::ToolResult(result));
+        }
+        let results = Message {
+            role: Role::Tool,
+            parts: results,
+        };
+        request.messages.push(response.message.clone());
+        request.messages.push(results.clone());
+        steps.push(response.message);
+        steps.push(results);
+    }
+    failed(steps, attempts, "no model step ran".into())
 }
 
 /// Runs `work` while extending the lease every third of its lifetime. None when the

@@ -28,7 +28,10 @@ fn microclaw(data_dir: &Path) -> tokio::process::Command {
     command
         .current_dir(data_dir.parent().unwrap())
         // As on a machine without Postgres: dev must not need or try it.
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/unreachable")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/unreachable",
+        )
         .env_remove("MICROCLAW_CONFIG")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);

@@ -42,6 +42,10 @@ pub struct ModelCall {
     /// The text before ':' of the last user message: tests tag messages by session.
     pub session_tag: String,
     pub user_messages: Vec<String>,
+    /// Contents of every tool result in the request.
+    pub tool_results: Vec<String>,
+    /// Tools the request offered.
+    pub tools_offered: usize,
     /// Every message of the request, system and history included.
     pub message_count: usize,
     pub started: Instant,
@@ -53,6 +57,8 @@ pub struct ModelCall {
 struct ModelState {
     calls: Vec<ModelCall>,
     faults: VecDeque<ModelFault>,
+    /// Tool calls to answer with, one per call: (name, arguments).
+    tool_calls: VecDeque<(String, Value)>,
     always_fail: Option<u16>,
     delay: Duration,
     in_flight: HashMap<String, usize>,
@@ -80,7 +86,8 @@ impl FakeModel {
             call_started,
         };
         let router = Router::new()
-            .route("/v1/chat/completions", post(complete))
+            .route("/v1/chat/completions", post(openai))
+            .route("/v1/messages", post(anthropic))
             .with_state(fake.clone());
         let address = serve(router).await;
         FakeModel {
@@ -95,6 +102,20 @@ impl FakeModel {
 
     pub fn push_fault(&self, fault: ModelFault) {
         self.state.lock().unwrap().faults.push_back(fault);
+    }
+
+    /// The next answer asks for this tool call.
+    pub fn push_tool_call(&self, name: &str, arguments: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .tool_calls
+            .push_back((name.to_owned(), arguments));
+    }
+
+    /// The Anthropic base URL (the fake serves both wire formats).
+    pub fn anthropic_base_url(&self) -> String {
+        self.base_url.trim_end_matches("/v1").to_owned()
     }
 
     pub fn always_fail(&self, status: u16) {
@@ -114,32 +135,91 @@ impl FakeModel {
     }
 }
 
-async fn complete(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Response {
-    let user_messages: Vec<String> = body["messages"]
-        .as_array()
-        .map(|messages| {
-            messages
-                .iter()
-                .rev()
-                .take_while(|m| m["role"] == "user")
-                .filter_map(|m| m["content"].as_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect()
+/// The two model wire formats the fake speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+async fn openai(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Response {
+    answer(fake, Wire::OpenAi, body).await
+}
+
+async fn anthropic(
+    State(fake): State<FakeModel>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if headers.get("anthropic-version").is_none() || headers.get("x-api-key").is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "anthropic-version and x-api-key are required",
+        )
+            .into_response();
+    }
+    answer(fake, Wire::Anthropic, body).await
+}
+
+/// Text of a message's content: a string, or the text blocks of a block list.
+fn texts(content: &Value) -> Vec<String> {
+    match content {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn answer(fake: FakeModel, wire: Wire, body: Value) -> Response {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let user_messages: Vec<String> = messages
+        .iter()
+        .rev()
+        .take_while(|m| m["role"] == "user")
+        .flat_map(|m| texts(&m["content"]).into_iter().rev())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let tool_results: Vec<String> = messages
+        .iter()
+        .flat_map(|m| match wire {
+            Wire::OpenAi if m["role"] == "tool" => {
+                vec![m["content"].as_str().unwrap_or_default().to_owned()]
+            }
+            Wire::Anthropic => m["content"]
+                .as_array()
+                .map(|blocks| {
+                    blocks
+                        .iter()
+                        .filter(|b| b["type"] == "tool_result")
+                        .map(|b| b["content"].as_str().unwrap_or_default().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
         })
-        .unwrap_or_default();
+        .collect();
     let session_tag = user_messages
         .last()
         .and_then(|m| m.split(':').next())
         .unwrap_or_default()
         .to_owned();
-    let (index, delay, fault) = {
+    let (index, delay, fault, tool_call) = {
         let mut state = fake.state.lock().unwrap();
         let fault = state
             .faults
             .pop_front()
             .or(state.always_fail.map(|s| ModelFault::Status(s, None)));
+        let tool_call = if fault.is_none() {
+            state.tool_calls.pop_front()
+        } else {
+            None
+        };
         let counter = state.in_flight.entry(session_tag.clone()).or_default();
         *counter += 1;
         if *counter > 1 {
@@ -150,12 +230,14 @@ async fn complete(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Res
         state.calls.push(ModelCall {
             session_tag: session_tag.clone(),
             user_messages: user_messages.clone(),
-            message_count: body["messages"].as_array().map_or(0, Vec::len),
+            tool_results,
+            tools_offered: body["tools"].as_array().map_or(0, Vec::len),
+            message_count: messages.len(),
             started: Instant::now(),
             finished: None,
             answered: false,
         });
-        (state.calls.len() - 1, state.delay, fault)
+        (state.calls.len() - 1, state.delay, fault, tool_call)
     };
     fake.call_started.notify_waiters();
     tokio::time::sleep(delay).await;
@@ -163,39 +245,64 @@ async fn complete(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Res
     *state.in_flight.get_mut(&session_tag).unwrap() -= 1;
     state.in_flight_total -= 1;
     state.calls[index].finished = Some(Instant::now());
-    match fault {
-        Some(ModelFault::Status(status, retry_after)) => {
-            let code = if status == 429 {
-                "rate_limit_exceeded"
-            } else {
-                "server_error"
-            };
-            let body = Json(
-                json!({"error": {"message": "scripted fault", "type": code, "param": null, "code": code}}),
-            );
-            let status = StatusCode::from_u16(status).unwrap();
-            match retry_after {
-                Some(secs) => (status, [("retry-after", secs.to_string())], body).into_response(),
-                None => (status, body).into_response(),
+    if let Some(ModelFault::Status(status, retry_after)) = fault {
+        let body = match wire {
+            Wire::OpenAi => {
+                let code = if status == 429 {
+                    "rate_limit_exceeded"
+                } else {
+                    "server_error"
+                };
+                json!({"error": {"message": "scripted fault", "type": code, "param": null, "code": code}})
             }
-        }
-        None => {
-            state.calls[index].answered = true;
-            Json(json!({
-                "id": format!("chatcmpl-{index}"),
-                "object": "chat.completion",
-                "created": 1767225661,
-                "model": "fake-gpt",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": format!("answer to [{}]", user_messages.join(" | "))},
-                    "finish_reason": "stop"
-                }],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
-            }))
-            .into_response()
-        }
+            Wire::Anthropic => {
+                let kind = match status {
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    _ => "api_error",
+                };
+                json!({"type": "error", "error": {"type": kind, "message": "scripted fault"}})
+            }
+        };
+        let status = StatusCode::from_u16(status).unwrap();
+        return match retry_after {
+            Some(secs) => (status, [("retry-after", secs.to_string())], Json(body)).into_response(),
+            None => (status, Json(body)).into_response(),
+        };
     }
+    state.calls[index].answered = true;
+    let text = format!("answer to [{}]", user_messages.join(" | "));
+    let call_id = format!("call_{index}");
+    Json(match (wire, tool_call) {
+        (Wire::OpenAi, Some((name, arguments))) => json!({
+            "id": format!("chatcmpl-{index}"), "object": "chat.completion", "model": "fake-gpt",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": call_id, "type": "function",
+                                "function": {"name": name, "arguments": arguments.to_string()}}]}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+        }),
+        (Wire::OpenAi, None) => json!({
+            "id": format!("chatcmpl-{index}"), "object": "chat.completion", "created": 1767225661,
+            "model": "fake-gpt",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+        }),
+        (Wire::Anthropic, Some((name, arguments))) => json!({
+            "id": format!("msg_{index}"), "type": "message", "role": "assistant", "model": "fake-claude",
+            "content": [{"type": "tool_use", "id": format!("toolu_{index}"), "name": name, "input": arguments}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 5}
+        }),
+        (Wire::Anthropic, None) => json!({
+            "id": format!("msg_{index}"), "type": "message", "role": "assistant", "model": "fake-claude",
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 5}
+        }),
+    })
+    .into_response()
 }
 
 /// How the fake platform answers deliveries.

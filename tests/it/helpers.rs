@@ -110,6 +110,8 @@ pub enum TestPool {
 #[derive(Debug, Clone)]
 pub struct TestConfig {
     pub backend: Backend,
+    /// The model's wire format: "openai" or "anthropic" (both served by the fake).
+    pub provider: &'static str,
     pub turn_mode: &'static str,
     pub redis_url: String,
     /// None: a fresh database.
@@ -127,6 +129,7 @@ impl Default for TestConfig {
     fn default() -> Self {
         Self {
             backend: Backend::Postgres,
+            provider: "openai",
             turn_mode: "collect",
             redis_url: redis_url(),
             database_url: None,
@@ -187,7 +190,7 @@ request_timeout = "2s"
 level = "info,microclaw=debug"
 
 [models.fake]
-provider = "openai"
+provider = "{provider}"
 base_url = "{model_url}"
 api_key_env = "TEST_MODEL_KEY"
 model = "fake-gpt"
@@ -216,7 +219,12 @@ callback_url = "{callback}"
             mode = self.turn_mode,
             delivery_attempts = self.delivery_max_attempts,
             schedule = self.retry_schedule,
-            model_url = model.base_url,
+            provider = self.provider,
+            model_url = if self.provider == "anthropic" {
+                model.anthropic_base_url()
+            } else {
+                model.base_url.clone()
+            },
             model_timeout = self.model_timeout,
             model_attempts = self.model_attempts,
             callback = platform.callback_url,

@@ -9,4 +9,5 @@ mod helpers;
 mod ordering;
 mod pipeline;
 mod receiver;
+mod tools;
 mod turn_faults;

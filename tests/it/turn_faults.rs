@@ -156,6 +156,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         turn_id: uuid::Uuid::now_v7(),
         lease,
         events: &events,
+        steps: &[],
         reply: "late answer",
         model: Some("m"),
         error: None,

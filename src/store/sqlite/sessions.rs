@@ -153,7 +153,7 @@ pub async fn recent_history(
     limit: i64,
 ) -> Result<Vec<HistoryMessage>, StoreError> {
     let mut rows: Vec<HistoryMessage> = sqlx::query_as(
-        "SELECT role, content FROM messages WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2",
+        "SELECT role, content, parts FROM messages WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2",
     )
     .bind(session_id)
     .bind(limit)
@@ -215,6 +215,20 @@ pub async fn commit_turn(
             .bind(turn.turn_id)
             .execute(&mut *tx)
             .await?;
+    }
+    for step in turn.steps {
+        sqlx::query(
+            "INSERT INTO messages (session_id, turn_id, role, content, model, parts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(session_id)
+        .bind(turn.turn_id)
+        .bind(step.role.as_str())
+        .bind(step.joined_text())
+        .bind(turn.model)
+        .bind(sqlx::types::Json(&step.parts))
+        .execute(&mut *tx)
+        .await?;
     }
     sqlx::query(
         "INSERT INTO messages (session_id, turn_id, role, content, model)

@@ -1,0 +1,129 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, TestConfig, TestMessage};
+
+/// The model asks for `current_time`, gets its result, then answers; the tool
+/// history is stored and given to the model again on the next turn.
+async fn tool_call_round_trip(provider: &'static str) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        provider,
+        ..TestConfig::default()
+    })
+    .await;
+    app.model
+        .push_tool_call("current_time", json!({"timezone": "Asia/Tokyo"}));
+    app.post_message(&TestMessage::direct(
+        "t1",
+        "ada",
+        "ada:what time is it in Tokyo?",
+    ))
+    .await;
+    let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
+    assert!(
+        replies[0].event.data.text.starts_with("answer to"),
+        "{replies:?}"
+    );
+
+    let calls = app.model.calls();
+    assert_eq!(calls.len(), 2, "one call for the tool, one for the answer");
+    assert_eq!(calls[0].tools_offered, 1);
+    assert_eq!(calls[1].tool_results.len(), 1);
+    assert!(
+        calls[1].tool_results[0].contains("(Asia/Tokyo,"),
+        "{:?}",
+        calls[1].tool_results
+    );
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.strings("SELECT role FROM messages ORDER BY id").await,
+        ["user", "assistant", "tool", "assistant"]
+    );
+    assert_eq!(
+        app.strings("SELECT status || ':' || model_attempts FROM turns")
+            .await,
+        ["completed:2"]
+    );
+
+    app.post_message(&TestMessage::direct("t2", "ada", "ada:thanks"))
+        .await;
+    app.wait_for_replies(2, Duration::from_secs(20)).await;
+    let calls = app.model.calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(
+        calls[2].tool_results.len(),
+        1,
+        "the tool history follows the conversation"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tool_call_round_trip_over_openai() {
+    tool_call_round_trip("openai").await;
+}
+
+#[tokio::test]
+async fn tool_call_round_trip_over_anthropic() {
+    tool_call_round_trip("anthropic").await;
+}
+
+#[tokio::test]
+async fn a_failing_tool_is_reported_to_the_model_not_to_the_user() {
+    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    app.model
+        .push_tool_call("current_time", json!({"timezone": "Mars/Olympus"}));
+    app.post_message(&TestMessage::direct("t3", "bea", "bea:time on Mars?"))
+        .await;
+    let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
+    assert!(replies[0].event.data.text.starts_with("answer to"));
+    let calls = app.model.calls();
+    assert!(
+        calls[1].tool_results[0].contains("unknown time zone"),
+        "{:?}",
+        calls[1].tool_results
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_that_never_stops_calling_tools_ends_at_the_step_limit() {
+    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    for _ in 0..10 {
+        app.model.push_tool_call("current_time", json!({}));
+    }
+    app.post_message(&TestMessage::direct("t4", "cyd", "cyd:loop"))
+        .await;
+    let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        replies[0].event.data.text,
+        "Sorry, the model is unavailable."
+    );
+    assert_eq!(
+        app.model.calls().len(),
+        4,
+        "model.max_steps (default 4) calls"
+    );
+    app.drain(Duration::from_secs(10)).await;
+    let error = app.strings("SELECT error FROM turns").await;
+    assert!(error[0].contains("after 4 steps"), "{error:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_overload_is_retried() {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        provider: "anthropic",
+        ..TestConfig::default()
+    })
+    .await;
+    app.model
+        .push_fault(crate::fakes::ModelFault::Status(529, None));
+    app.post_message(&TestMessage::direct("t5", "dan", "dan:hi"))
+        .await;
+    let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
+    assert_eq!(replies[0].event.data.text, "answer to [dan:hi]");
+    assert_eq!(app.model.calls().len(), 2);
+    app.stop().await;
+}
