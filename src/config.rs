@@ -124,6 +124,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
@@ -314,6 +318,24 @@ pub struct ModelConfig {
     /// Name of the environment variable that holds the API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// More keys for the same model (rotated on 429, benched on auth or billing errors).
+    #[serde(default)]
+    pub api_key_envs: Vec<String>,
+    /// Tokens the model accepts (prompt and answer).
+    #[serde(default = "default_context_window")]
+    pub context_window: u64,
+    /// Whether the model accepts images.
+    #[serde(default)]
+    pub vision: bool,
+    /// Whether the model can call tools.
+    #[serde(default = "default_true")]
+    pub tools: bool,
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub input_price: f64,
+    /// USD per million output tokens.
+    #[serde(default)]
+    pub output_price: f64,
     #[serde(default)]
     pub model: String,
     #[serde(default = "default_model_timeout")]
@@ -340,6 +362,67 @@ pub struct ModelConfig {
     /// Model steps of one turn: each tool round trip is a step.
     #[serde(default = "default_max_steps")]
     pub max_steps: u32,
+}
+
+fn default_context_window() -> u64 {
+    128_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// How a route picks among its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteStrategy {
+    /// In the listed order; the next one when a candidate fails.
+    Failover,
+    /// Cheapest first by the models' price tables.
+    LowestCost,
+    /// Fastest first by the recent average latency of each candidate.
+    LowestLatency,
+}
+
+/// An ordered set of models an agent's turns may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default = "default_strategy")]
+    pub strategy: RouteStrategy,
+    /// Keys of `[models]`.
+    pub candidates: Vec<String>,
+    /// Appended to a reply served by a fallback candidate (empty: nothing).
+    #[serde(default)]
+    pub fallback_note: String,
+}
+
+fn default_strategy() -> RouteStrategy {
+    RouteStrategy::Failover
+}
+
+/// Health and limits shared by every route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Consecutive failures that open a candidate's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its candidate before letting one probe through.
+    pub breaker_cooldown: Span,
+    /// How long a key is benched after a billing, quota or auth error.
+    pub key_cooldown: Span,
+    /// One model step (retries and failover included) ends by this deadline.
+    pub step_deadline: Span,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            breaker_failures: 5,
+            breaker_cooldown: Span::secs(30),
+            key_cooldown: Span::secs(3600),
+            step_deadline: Span::secs(120),
+        }
+    }
 }
 
 fn default_max_tokens() -> u32 {
@@ -387,6 +470,36 @@ pub struct AgentConfig {
     /// Built-in tools the model may call.
     #[serde(default = "default_tools")]
     pub tools: Vec<String>,
+    /// Rules that pick another model or route by channel or connector; the first
+    /// that matches wins.
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// A channel kind, e.g. "custom".
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// A connector id.
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// A key of `[models]` or `[routes]`.
+    pub model: String,
+}
+
+impl AgentConfig {
+    /// The model or route that answers on `connector` of kind `channel`.
+    pub fn route_for(&self, channel: &str, connector: &str) -> &str {
+        self.rules
+            .iter()
+            .find(|rule| {
+                rule.channel.as_deref().is_none_or(|c| c == channel)
+                    && rule.connector.as_deref().is_none_or(|c| c == connector)
+            })
+            .map_or(self.model.as_str(), |rule| rule.model.as_str())
+    }
 }
 
 fn default_tools() -> Vec<String> {
@@ -444,6 +557,9 @@ pub struct Settings {
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     pub models: BTreeMap<String, ModelSettings>,
+    /// Every route by name: the `[routes]` and one single-candidate route per model.
+    pub routes: BTreeMap<String, RouteConfig>,
+    pub router: RouterConfig,
     pub agents: BTreeMap<String, AgentConfig>,
     pub connectors: BTreeMap<String, ConnectorSettings>,
 }
@@ -452,7 +568,8 @@ pub struct Settings {
 pub struct ModelSettings {
     pub name: String,
     pub config: ModelConfig,
-    pub api_key: Option<SecretString>,
+    /// (environment variable name as the key's id, key), in rotation order.
+    pub api_keys: Vec<(String, SecretString)>,
 }
 
 impl ModelSettings {
@@ -661,7 +778,7 @@ impl Settings {
         let mut models = BTreeMap::new();
         for (name, model) in &raw.models {
             let key = |field: &str| format!("models.{name}.{field}");
-            let mut api_key = None;
+            let mut api_keys = Vec::new();
             match model.provider {
                 ProviderKind::Openai | ProviderKind::Anthropic => {
                     if !model.base_url.is_empty()
@@ -686,15 +803,22 @@ impl Settings {
                             );
                         }
                     }
-                    if let Some(var) = &model.api_key_env {
+                    let vars =
+                        model
+                            .api_key_env
+                            .iter()
+                            .map(|var| (key("api_key_env"), var))
+                            .chain(
+                                model.api_key_envs.iter().enumerate().map(|(i, var)| {
+                                    (format!("models.{name}.api_key_envs[{i}]"), var)
+                                }),
+                            );
+                    for (field, var) in vars {
                         match env(var) {
                             Some(value) if !value.is_empty() => {
-                                api_key = Some(SecretString::from(value))
+                                api_keys.push((var.clone(), SecretString::from(value)))
                             }
-                            _ => problem(
-                                key("api_key_env"),
-                                format!("environment variable {var} is not set"),
-                            ),
+                            _ => problem(field, format!("environment variable {var} is not set")),
                         }
                     }
                 }
@@ -722,7 +846,7 @@ impl Settings {
             let settings = ModelSettings {
                 name: name.clone(),
                 config,
-                api_key,
+                api_keys,
             };
             models.insert(name.clone(), settings);
         }
@@ -735,10 +859,20 @@ impl Settings {
             if agent.name.is_empty() {
                 problem(format!("agents[{i}].name"), "must not be empty".into());
             }
-            if !raw.models.contains_key(&agent.model) {
+            let known =
+                |target: &str| raw.models.contains_key(target) || raw.routes.contains_key(target);
+            for (r, rule) in agent.rules.iter().enumerate() {
+                if !known(&rule.model) {
+                    problem(
+                        format!("agents[{i}].rules[{r}].model"),
+                        format!("`{}` is not a key of [models] or [routes]", rule.model),
+                    );
+                }
+            }
+            if !known(&agent.model) {
                 problem(
                     format!("agents[{i}].model"),
-                    format!("`{}` is not a key of [models]", agent.model),
+                    format!("`{}` is not a key of [models] or [routes]", agent.model),
                 );
             }
             for (t, tool) in agent.tools.iter().enumerate() {
@@ -760,19 +894,79 @@ impl Settings {
             }
         }
 
-        // Only the models agents use can hold a turn.
-        let used: std::collections::BTreeSet<&String> =
-            raw.agents.iter().map(|a| &a.model).collect();
+        let mut routes: BTreeMap<String, RouteConfig> = raw
+            .models
+            .keys()
+            .map(|name| {
+                (
+                    name.clone(),
+                    RouteConfig {
+                        strategy: RouteStrategy::Failover,
+                        candidates: vec![name.clone()],
+                        fallback_note: String::new(),
+                    },
+                )
+            })
+            .collect();
+        for (name, route) in &raw.routes {
+            if raw.models.contains_key(name) {
+                problem(
+                    format!("routes.{name}"),
+                    "has the name of a model; routes and models share one namespace".into(),
+                );
+            }
+            if route.candidates.is_empty() {
+                problem(
+                    format!("routes.{name}.candidates"),
+                    "must list at least one model".into(),
+                );
+            }
+            for (c, candidate) in route.candidates.iter().enumerate() {
+                if !raw.models.contains_key(candidate) {
+                    problem(
+                        format!("routes.{name}.candidates[{c}]"),
+                        format!("`{candidate}` is not a key of [models]"),
+                    );
+                }
+            }
+            routes.insert(name.clone(), route.clone());
+        }
+        if raw.router.breaker_failures == 0 {
+            problem(
+                "router.breaker_failures".into(),
+                "must be at least 1".into(),
+            );
+        }
+
+        // Only the routes agents use can hold a turn.
+        let used: std::collections::BTreeSet<&str> = raw
+            .agents
+            .iter()
+            .flat_map(|a| {
+                std::iter::once(a.model.as_str()).chain(a.rules.iter().map(|r| r.model.as_str()))
+            })
+            .collect();
         for name in used {
-            let Some(model) = models.get(name) else {
+            let Some(route) = routes.get(name) else {
                 continue;
             };
-            let worst = model.worst_case_model_time();
+            let all_candidates: Duration = route
+                .candidates
+                .iter()
+                .filter_map(|c| models.get(c))
+                .map(ModelSettings::worst_case_model_time)
+                .sum();
+            let worst = all_candidates.min(raw.router.step_deadline.0);
             if worst >= raw.worker.recovery_window.0 {
+                let key = if raw.routes.contains_key(name) {
+                    format!("routes.{name}")
+                } else {
+                    format!("models.{name}.timeout")
+                };
                 problem(
-                    format!("models.{name}.timeout"),
+                    key,
                     format!(
-                        "worst-case model time for one turn ({}s = timeout × max_attempts + waits) is not below worker.recovery_window ({}s); a live turn could be taken for a dead one",
+                        "worst-case model time for one step ({}s: timeout × max_attempts + waits over every candidate, at most router.step_deadline) is not below worker.recovery_window ({}s); a live turn could be taken for a dead one",
                         worst.as_secs_f64(),
                         raw.worker.recovery_window.0.as_secs_f64()
                     ),
@@ -871,6 +1065,8 @@ impl Settings {
             delivery: raw.delivery,
             log: raw.log,
             models,
+            routes,
+            router: raw.router,
             agents,
             connectors,
         })

@@ -18,20 +18,31 @@ pub struct DedupCache {
     timeout: std::time::Duration,
 }
 
+/// A lazy Redis connection shared by the dedup cache and model health; None when
+/// Redis is not configured. Nothing waits for Redis at start.
+pub fn connect(config: &RedisConfig) -> anyhow::Result<Option<ConnectionManager>> {
+    if config.url.is_empty() {
+        return Ok(None);
+    }
+    let client = redis::Client::open(config.url.as_str())?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.timeout.0))
+        .set_response_timeout(Some(config.timeout.0))
+        .set_number_of_retries(1);
+    Ok(Some(ConnectionManager::new_lazy_with_config(
+        client,
+        manager_config,
+    )?))
+}
+
 impl DedupCache {
-    pub fn new(config: &RedisConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.0))
-            .set_response_timeout(Some(config.timeout.0))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        Ok(Self {
+    pub fn new(config: &RedisConfig, connection: ConnectionManager) -> Self {
+        Self {
             connection,
             prefix: config.key_prefix.clone(),
             ttl_secs: config.dedup_ttl.0.as_secs().max(1),
             timeout: config.timeout.0,
-        })
+        }
     }
 
     pub fn key(&self, connector_id: &str, platform_message_id: &str) -> String {

@@ -8,7 +8,7 @@ use crate::{
     channels::{self, Channel},
     config::{ConnectorSettings, Settings},
     dedup::DedupCache,
-    providers::ModelRoute,
+    providers::{health::Health, router::Router},
     store::Store,
 };
 
@@ -32,7 +32,7 @@ pub struct Deployment {
     pub settings: Settings,
     pub store: Store,
     pub connectors: HashMap<String, Connector>,
-    pub models: HashMap<String, ModelRoute>,
+    pub router: Router,
     pub dedup: Option<DedupCache>,
 }
 
@@ -71,21 +71,20 @@ impl Deployment {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("microclaw/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let models = settings
-            .models
-            .values()
-            .map(|m| (m.name.clone(), ModelRoute::new(m, &model_http)))
-            .collect();
-        let dedup = if settings.redis.url.is_empty() {
-            None
-        } else {
-            Some(DedupCache::new(&settings.redis)?)
-        };
+        let redis = crate::dedup::connect(&settings.redis)?;
+        let health = Health::new(
+            &settings.router,
+            redis.clone(),
+            &settings.redis.key_prefix,
+            settings.redis.timeout.0,
+        );
+        let router = Router::new(&settings, &model_http, health);
+        let dedup = redis.map(|connection| DedupCache::new(&settings.redis, connection));
         Ok(Arc::new(Self {
             settings,
             store,
             connectors,
-            models,
+            router,
             dedup,
         }))
     }

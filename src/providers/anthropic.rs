@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, future::BoxFuture};
 use reqwest::header::HeaderMap;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -28,7 +28,6 @@ pub struct AnthropicProvider {
     endpoint: String,
     model: String,
     max_tokens: u32,
-    api_key: Option<secrecy::SecretString>,
     params: serde_json::Map<String, Value>,
     headers: Vec<(String, String)>,
     http: reqwest::Client,
@@ -78,7 +77,6 @@ impl AnthropicProvider {
             ),
             model: settings.config.model.clone(),
             max_tokens: settings.config.max_tokens,
-            api_key: settings.api_key.clone(),
             params: settings.config.params.clone(),
             headers: settings
                 .config
@@ -90,7 +88,11 @@ impl AnthropicProvider {
         }
     }
 
-    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+    async fn call(
+        &self,
+        request: &ChatRequest,
+        key: Option<&SecretString>,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut builder = self
             .http
             .post(&self.endpoint)
@@ -104,7 +106,7 @@ impl AnthropicProvider {
         for (name, value) in &self.headers {
             builder = builder.header(name, value);
         }
-        if let Some(key) = &self.api_key {
+        if let Some(key) = key {
             builder = builder.header("x-api-key", key.expose_secret());
         }
         let response = builder.send().await.map_err(|e| {
@@ -140,8 +142,9 @@ impl Provider for AnthropicProvider {
     fn complete<'a>(
         &'a self,
         request: &'a ChatRequest,
+        key: Option<&'a SecretString>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        self.call(request).boxed()
+        self.call(request, key).boxed()
     }
 }
 

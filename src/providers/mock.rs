@@ -13,6 +13,7 @@ impl Provider for MockProvider {
     fn complete<'a>(
         &'a self,
         request: &'a ChatRequest,
+        _key: Option<&'a secrecy::SecretString>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         async move { Ok(answer(request)) }.boxed()
     }

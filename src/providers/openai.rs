@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, future::BoxFuture};
 use reqwest::header::HeaderMap;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -23,7 +23,6 @@ use crate::config::ModelSettings;
 pub struct OpenAiProvider {
     endpoint: String,
     model: String,
-    api_key: Option<secrecy::SecretString>,
     params: serde_json::Map<String, Value>,
     headers: Vec<(String, String)>,
     http: reqwest::Client,
@@ -98,7 +97,6 @@ impl OpenAiProvider {
                 settings.config.base_url.trim_end_matches('/')
             ),
             model: settings.config.model.clone(),
-            api_key: settings.api_key.clone(),
             params: settings.config.params.clone(),
             headers: settings
                 .config
@@ -110,7 +108,11 @@ impl OpenAiProvider {
         }
     }
 
-    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+    async fn call(
+        &self,
+        request: &ChatRequest,
+        key: Option<&SecretString>,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut builder =
             self.http
                 .post(&self.endpoint)
@@ -118,7 +120,7 @@ impl OpenAiProvider {
         for (name, value) in &self.headers {
             builder = builder.header(name, value);
         }
-        if let Some(key) = &self.api_key {
+        if let Some(key) = key {
             builder = builder.bearer_auth(key.expose_secret());
         }
         let response = builder.send().await.map_err(|e| {
@@ -147,8 +149,9 @@ impl Provider for OpenAiProvider {
     fn complete<'a>(
         &'a self,
         request: &'a ChatRequest,
+        key: Option<&'a SecretString>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        self.call(request).boxed()
+        self.call(request, key).boxed()
     }
 }
 

@@ -109,11 +109,14 @@ impl HistoryMessage {
 #[derive(Debug)]
 pub struct TurnRecord<'a> {
     pub turn_id: Uuid,
+    pub agent: &'a str,
     pub lease: Lease,
     pub events: &'a [PendingEvent],
     /// The tool-calling steps of the turn, in order: assistant messages with tool
     /// calls and the tool messages with their results.
     pub steps: &'a [crate::providers::Message],
+    /// Every model call of the turn, failed attempts included.
+    pub model_calls: &'a [crate::providers::router::ModelCall],
     pub reply: &'a str,
     pub model: Option<&'a str>,
     /// The error that made the turn fail (the reply is then the apology).

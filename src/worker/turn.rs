@@ -24,7 +24,10 @@ use crate::{
     channels::ReplyTarget,
     config::TurnMode,
     deployment::Deployment,
-    providers::{ChatRequest, Message, ModelRoute, Part, Role, StopReason, ToolCall},
+    providers::{
+        ChatRequest, Message, Part, Role, StopReason, ToolCall,
+        router::{ModelCall, Router},
+    },
     store::{
         HistoryMessage, Lease, PendingEvent, PlannedDelivery, Release, Store, StoreError,
         TurnCommit, TurnRecord,
@@ -151,14 +154,22 @@ async fn answer(
         .map(|e| e.trace_id.clone())
         .unwrap_or_default();
 
+    let last = events.last().expect("a turn answers at least one event");
+    let channel = deployment
+        .connectors
+        .get(&last.connector_id)
+        .map_or("", |c| c.channel.kind().as_str());
     let agent = settings.agents.get(agent_name);
-    let route = agent.and_then(|a| deployment.models.get(&a.model));
+    let route = agent
+        .map(|a| a.route_for(channel, &last.connector_id))
+        .filter(|route| deployment.router.has_route(route));
     let AgentOutcome {
         steps,
         reply,
         model,
         error,
         attempts,
+        calls,
     } = match (agent, route) {
         (Some(agent), Some(route)) => {
             let history = store
@@ -166,14 +177,20 @@ async fn answer(
                 .await?;
             let mut conversation = conversation_from(&history);
             conversation.extend(events.iter().map(|e| Message::text(Role::User, &e.text)));
+            let toolbox = Toolbox::new(&agent.tools);
             let request = ChatRequest {
                 system: (!agent.instructions.is_empty()).then(|| agent.instructions.clone()),
                 messages: conversation,
-                tools: Toolbox::new(&agent.tools).specs(),
+                tools: toolbox.specs(),
                 trace_id: trace_id.clone(),
             };
-            let toolbox = Toolbox::new(&agent.tools);
-            let run = run_agent(route, &toolbox, request, &settings.worker.apology);
+            let run = run_agent(
+                &deployment.router,
+                route,
+                &toolbox,
+                request,
+                &settings.worker.apology,
+            );
             let Some(outcome) =
                 keep_lease_while(store, lease, settings.worker.session_lease.0, run).await
             else {
@@ -189,13 +206,13 @@ async fn answer(
                 "agent `{agent_name}` or its model is not configured"
             )),
             attempts: 0,
+            calls: Vec::new(),
         },
     };
     if let Some(error) = &error {
         tracing::warn!(%error, "turn failed; sending the apology");
     }
 
-    let last = events.last().expect("a turn answers at least one event");
     let deliveries = match deployment.connectors.get(&last.connector_id) {
         Some(connector) => vec![PlannedDelivery {
             connector_id: last.connector_id.clone(),
@@ -222,9 +239,11 @@ async fn answer(
     let committed = store
         .commit_turn(TurnRecord {
             turn_id,
+            agent: agent_name,
             lease,
             events,
             steps: &steps,
+            model_calls: &calls,
             reply: &reply,
             model: model.as_deref(),
             error: error.as_deref(),
@@ -258,8 +277,9 @@ struct AgentOutcome {
     reply: String,
     model: Option<String>,
     error: Option<String>,
-    /// Model calls made, retries included.
+    /// Model calls made, retries and failover included.
     attempts: u32,
+    calls: Vec<ModelCall>,
 }
 
 /// The stored history as a conversation the model accepts: it starts at a user
@@ -275,51 +295,66 @@ fn conversation_from(history: &[HistoryMessage]) -> Vec<Message> {
 /// The agent loop: call the model; while it asks for tools (and steps remain),
 /// run them and call it again with their results.
 async fn run_agent(
-    route: &ModelRoute,
+    router: &Router,
+    route: &str,
     toolbox: &Toolbox,
     mut request: ChatRequest,
     apology: &str,
 ) -> AgentOutcome {
-    let max_steps = route.max_steps();
+    let max_steps = router.max_steps(route);
     let mut steps = Vec::new();
-    let mut attempts = 0;
-    let failed = |steps, attempts, error: String| AgentOutcome {
-        steps,
-        reply: apology.to_owned(),
-        model: Some(route.name.clone()),
-        error: Some(error),
-        attempts,
-    };
+    let mut calls = Vec::new();
+    let failed =
+        |steps, calls: Vec<ModelCall>, model: Option<String>, error: String| AgentOutcome {
+            steps,
+            reply: apology.to_owned(),
+            model,
+            error: Some(error),
+            attempts: calls.len() as u32,
+            calls,
+        };
     for step in 1..=max_steps {
-        let outcome = route.complete(&request).await;
-        attempts += outcome.attempts;
+        let outcome = router.complete(route, &request).await;
+        calls.extend(outcome.calls);
         let response = match outcome.result {
             Ok(response) => response,
-            Err(e) => return failed(steps, attempts, e.to_string()),
+            Err(e) => return failed(steps, calls, Some(route.to_owned()), e.to_string()),
         };
-        let calls: Vec<ToolCall> = response.message.tool_calls().cloned().collect();
-        if calls.is_empty() || response.stop != StopReason::ToolUse {
-            let text = response.text();
+        let served_by = outcome.served_by.unwrap_or_else(|| route.to_owned());
+        let tool_calls: Vec<ToolCall> = response.message.tool_calls().cloned().collect();
+        if tool_calls.is_empty() || response.stop != StopReason::ToolUse {
+            let mut text = response.text();
             if text.trim().is_empty() {
-                return failed(steps, attempts, "the model returned an empty answer".into());
+                return failed(
+                    steps,
+                    calls,
+                    Some(served_by),
+                    "the model returned an empty answer".into(),
+                );
+            }
+            let note = router.fallback_note(route);
+            if outcome.fallback && !note.is_empty() {
+                text = format!("{text}\n\n{note}");
             }
             return AgentOutcome {
                 steps,
                 reply: text,
                 model: Some(response.model),
                 error: None,
-                attempts,
+                attempts: calls.len() as u32,
+                calls,
             };
         }
         if step == max_steps {
             return failed(
                 steps,
-                attempts,
+                calls,
+                Some(served_by),
                 format!("the model still asked for tools after {max_steps} steps"),
             );
         }
-        let mut results = Vec::with_capacity(calls.len());
-        for call in &calls {
+        let mut results = Vec::with_capacity(tool_calls.len());
+        for call in &tool_calls {
             let result = toolbox.run(call).await;
             tracing::info!(tool = %call.name, is_error = result.is_error, "tool called");
             results.push(Part::ToolResult(result));
@@ -333,7 +368,12 @@ async fn run_agent(
         steps.push(response.message);
         steps.push(results);
     }
-    failed(steps, attempts, "no model step ran".into())
+    failed(
+        steps,
+        calls,
+        Some(route.to_owned()),
+        "no model step ran".into(),
+    )
 }
 
 /// Runs `work` while extending the lease every third of its lifetime. None when the

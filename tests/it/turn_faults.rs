@@ -154,9 +154,11 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
     assert_eq!(events.len(), 1);
     let record = |lease| TurnRecord {
         turn_id: uuid::Uuid::now_v7(),
+        agent: "assistant",
         lease,
         events: &events,
         steps: &[],
+        model_calls: &[],
         reply: "late answer",
         model: Some("m"),
         error: None,

@@ -216,6 +216,31 @@ pub async fn commit_turn(
             .execute(&mut *tx)
             .await?;
     }
+    let user_key = format!("{}:{}", last.connector_id, last.sender_id);
+    for call in turn.model_calls {
+        sqlx::query(
+            "INSERT INTO model_calls (turn_id, agent, user_key, candidate, provider, model, key_id,
+                                      outcome, error, latency_ms, input_tokens, output_tokens,
+                                      cost_usd, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .bind(turn.turn_id)
+        .bind(turn.agent)
+        .bind(&user_key)
+        .bind(&call.candidate)
+        .bind(call.provider)
+        .bind(&call.model)
+        .bind(&call.key_id)
+        .bind(&call.outcome)
+        .bind(&call.error)
+        .bind(call.latency_ms)
+        .bind(call.input_tokens)
+        .bind(call.output_tokens)
+        .bind(call.cost_usd)
+        .bind(call.started_at)
+        .execute(&mut *tx)
+        .await?;
+    }
     for step in turn.steps {
         sqlx::query(
             "INSERT INTO messages (session_id, turn_id, role, content, model, parts)
