@@ -33,8 +33,12 @@ async fn serve(router: Router) -> SocketAddr {
 /// A scripted answer of the fake model.
 #[derive(Debug, Clone)]
 pub enum ModelFault {
-    /// HTTP status with an OpenAI error body and an optional Retry-After (seconds).
+    /// HTTP status with the wire format's error body and an optional Retry-After (seconds).
     Status(u16, Option<u64>),
+    /// The context-window error exactly as each API sends it (400).
+    ContextTooLong,
+    /// Quota or billing exhausted (OpenAI 429 insufficient_quota, Anthropic 402 billing_error).
+    QuotaExhausted,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct ModelCall {
     pub tool_results: Vec<String>,
     /// Tools the request offered.
     pub tools_offered: usize,
+    /// The API key the call carried (bearer or x-api-key).
+    pub api_key: String,
     /// Every message of the request, system and history included.
     pub message_count: usize,
     pub started: Instant,
@@ -60,6 +66,8 @@ struct ModelState {
     /// Tool calls to answer with, one per call: (name, arguments).
     tool_calls: VecDeque<(String, Value)>,
     always_fail: Option<u16>,
+    /// A fault every call gets.
+    always: Option<ModelFault>,
     delay: Duration,
     in_flight: HashMap<String, usize>,
     in_flight_total: usize,
@@ -118,6 +126,18 @@ impl FakeModel {
         self.base_url.trim_end_matches("/v1").to_owned()
     }
 
+    /// Ends `always` and `always_fail`: calls succeed again.
+    pub fn heal(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.always = None;
+        state.always_fail = None;
+    }
+
+    /// Every call gets `fault` (None: back to normal).
+    pub fn always(&self, fault: Option<ModelFault>) {
+        self.state.lock().unwrap().always = fault;
+    }
+
     pub fn always_fail(&self, status: u16) {
         self.state.lock().unwrap().always_fail = Some(status);
     }
@@ -142,8 +162,18 @@ enum Wire {
     Anthropic,
 }
 
-async fn openai(State(fake): State<FakeModel>, Json(body): Json<Value>) -> Response {
-    answer(fake, Wire::OpenAi, body).await
+async fn openai(
+    State(fake): State<FakeModel>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    answer(fake, Wire::OpenAi, key, body).await
 }
 
 async fn anthropic(
@@ -158,7 +188,8 @@ async fn anthropic(
         )
             .into_response();
     }
-    answer(fake, Wire::Anthropic, body).await
+    let key = headers["x-api-key"].to_str().unwrap_or_default().to_owned();
+    answer(fake, Wire::Anthropic, key, body).await
 }
 
 /// Text of a message's content: a string, or the text blocks of a block list.
@@ -174,7 +205,7 @@ fn texts(content: &Value) -> Vec<String> {
     }
 }
 
-async fn answer(fake: FakeModel, wire: Wire, body: Value) -> Response {
+async fn answer(fake: FakeModel, wire: Wire, api_key: String, body: Value) -> Response {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let user_messages: Vec<String> = messages
         .iter()
@@ -214,6 +245,7 @@ async fn answer(fake: FakeModel, wire: Wire, body: Value) -> Response {
         let fault = state
             .faults
             .pop_front()
+            .or_else(|| state.always.clone())
             .or(state.always_fail.map(|s| ModelFault::Status(s, None)));
         let tool_call = if fault.is_none() {
             state.tool_calls.pop_front()
@@ -232,6 +264,7 @@ async fn answer(fake: FakeModel, wire: Wire, body: Value) -> Response {
             user_messages: user_messages.clone(),
             tool_results,
             tools_offered: body["tools"].as_array().map_or(0, Vec::len),
+            api_key,
             message_count: messages.len(),
             started: Instant::now(),
             finished: None,
@@ -245,23 +278,56 @@ async fn answer(fake: FakeModel, wire: Wire, body: Value) -> Response {
     *state.in_flight.get_mut(&session_tag).unwrap() -= 1;
     state.in_flight_total -= 1;
     state.calls[index].finished = Some(Instant::now());
-    if let Some(ModelFault::Status(status, retry_after)) = fault {
-        let body = match wire {
-            Wire::OpenAi => {
-                let code = if status == 429 {
+    if let Some(fault) = fault {
+        let (status, retry_after, openai_code, anthropic_type, message) = match fault {
+            ModelFault::Status(status, retry_after) => {
+                let openai = if status == 429 {
                     "rate_limit_exceeded"
                 } else {
                     "server_error"
                 };
-                json!({"error": {"message": "scripted fault", "type": code, "param": null, "code": code}})
-            }
-            Wire::Anthropic => {
-                let kind = match status {
+                let anthropic = match status {
                     429 => "rate_limit_error",
                     529 => "overloaded_error",
                     _ => "api_error",
                 };
-                json!({"type": "error", "error": {"type": kind, "message": "scripted fault"}})
+                (status, retry_after, openai, anthropic, "scripted fault")
+            }
+            ModelFault::ContextTooLong => (
+                400,
+                None,
+                "context_length_exceeded",
+                "invalid_request_error",
+                match wire {
+                    Wire::OpenAi => {
+                        "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
+                    }
+                    Wire::Anthropic => "prompt is too long: 210000 tokens > 200000 maximum",
+                },
+            ),
+            ModelFault::QuotaExhausted => match wire {
+                Wire::OpenAi => (
+                    429,
+                    None,
+                    "insufficient_quota",
+                    "",
+                    "You exceeded your current quota",
+                ),
+                Wire::Anthropic => (
+                    402,
+                    None,
+                    "",
+                    "billing_error",
+                    "Your credit balance is too low",
+                ),
+            },
+        };
+        let body = match wire {
+            Wire::OpenAi => {
+                json!({"error": {"message": message, "type": openai_code, "param": null, "code": openai_code}})
+            }
+            Wire::Anthropic => {
+                json!({"type": "error", "error": {"type": anthropic_type, "message": message}})
             }
         };
         let status = StatusCode::from_u16(status).unwrap();

@@ -9,5 +9,6 @@ mod helpers;
 mod ordering;
 mod pipeline;
 mod receiver;
+mod router;
 mod tools;
 mod turn_faults;
