@@ -474,6 +474,19 @@ pub struct AgentConfig {
     /// that matches wins.
     #[serde(default)]
     pub rules: Vec<RouteRule>,
+    /// Tokens (input and output) the agent may use per UTC day; 0: no limit.
+    #[serde(default)]
+    pub daily_token_budget: u64,
+    /// Tokens one person may use with this agent per UTC day; 0: no limit.
+    #[serde(default)]
+    pub daily_user_token_budget: u64,
+    /// Sent instead of calling the model once a budget is used up.
+    #[serde(default = "default_budget_message")]
+    pub budget_message: String,
+}
+
+fn default_budget_message() -> String {
+    "I've reached my usage limit for today. Please try again tomorrow.".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -252,6 +252,38 @@ impl Store {
         })
     }
 
+    /// Tokens (input and output) recorded since `since` for `agent`, and for one
+    /// person (`user_key`, "<connector>:<sender id>") with it.
+    pub async fn tokens_used_since(
+        &self,
+        agent: &str,
+        user_key: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(i64, i64), StoreError> {
+        const SQL: &str = "SELECT CAST(COALESCE(SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)), 0) AS BIGINT),
+                                  CAST(COALESCE(SUM(CASE WHEN user_key = $3
+                                       THEN COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0) ELSE 0 END), 0) AS BIGINT)
+                             FROM model_calls WHERE agent = $1 AND started_at >= $2";
+        Ok(match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(agent)
+                    .bind(since)
+                    .bind(user_key)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(SQL.replace('$', "?")))
+                    .bind(agent)
+                    .bind(since)
+                    .bind(user_key)
+                    .fetch_one(pool)
+                    .await?
+            }
+        })
+    }
+
     /// Puts the unfinished jobs of the named queue workers back on their queues.
     pub async fn return_unfinished_jobs(&self, workers: &[String]) -> Result<u64, StoreError> {
         match self {

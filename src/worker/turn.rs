@@ -171,6 +171,19 @@ async fn answer(
         attempts,
         calls,
     } = match (agent, route) {
+        (Some(agent), Some(route))
+            if let Some(exhausted) = budget_exhausted(store, agent, last).await? =>
+        {
+            tracing::warn!(%exhausted, "budget used up; answering without a model call");
+            AgentOutcome {
+                steps: Vec::new(),
+                reply: agent.budget_message.clone(),
+                model: Some(route.to_owned()),
+                error: Some(exhausted),
+                attempts: 0,
+                calls: Vec::new(),
+            }
+        }
         (Some(agent), Some(route)) => {
             let history = store
                 .recent_history(lease.session_id, settings.worker.history_messages)
@@ -280,6 +293,43 @@ struct AgentOutcome {
     /// Model calls made, retries and failover included.
     attempts: u32,
     calls: Vec<ModelCall>,
+}
+
+/// Which daily budget of `agent` is used up, if any.
+async fn budget_exhausted(
+    store: &Store,
+    agent: &crate::config::AgentConfig,
+    last: &PendingEvent,
+) -> Result<Option<String>, StoreError> {
+    if agent.daily_token_budget == 0 && agent.daily_user_token_budget == 0 {
+        return Ok(None);
+    }
+    let midnight = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc();
+    let user_key = format!("{}:{}", last.connector_id, last.sender_id);
+    let (agent_tokens, user_tokens) = store
+        .tokens_used_since(&agent.name, &user_key, midnight)
+        .await?;
+    Ok(
+        if agent.daily_token_budget > 0 && agent_tokens >= agent.daily_token_budget as i64 {
+            Some(format!(
+                "daily token budget of agent `{}` used up ({agent_tokens} of {})",
+                agent.name, agent.daily_token_budget
+            ))
+        } else if agent.daily_user_token_budget > 0
+            && user_tokens >= agent.daily_user_token_budget as i64
+        {
+            Some(format!(
+                "daily token budget of {user_key} with agent `{}` used up ({user_tokens} of {})",
+                agent.name, agent.daily_user_token_budget
+            ))
+        } else {
+            None
+        },
+    )
 }
 
 /// The stored history as a conversation the model accepts: it starts at a user

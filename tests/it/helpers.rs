@@ -123,6 +123,12 @@ pub struct TestConfig {
     pub recovery_window: &'static str,
     pub session_lease: &'static str,
     pub max_body_bytes: usize,
+    /// What the agent uses: a model or a route.
+    pub agent_model: &'static str,
+    /// More lines for the `[[agents]]` table (budgets, rules).
+    pub agent_extra: &'static str,
+    /// More tables appended to the configuration (models, routes).
+    pub extra: String,
 }
 
 impl Default for TestConfig {
@@ -140,6 +146,9 @@ impl Default for TestConfig {
             recovery_window: "8s",
             session_lease: "3s",
             max_body_bytes: 64 * 1024,
+            agent_model: "fake",
+            agent_extra: "",
+            extra: String::new(),
         }
     }
 }
@@ -187,7 +196,7 @@ max_retry_after = "5s"
 request_timeout = "2s"
 
 [log]
-level = "info,microclaw=debug"
+level = "warn,microclaw=info"
 
 [models.fake]
 provider = "{provider}"
@@ -203,7 +212,8 @@ max_retry_after = "1s"
 [[agents]]
 name = "assistant"
 instructions = "You are a test agent."
-model = "fake"
+model = "{agent_model}"
+{agent_extra}
 
 [[connectors]]
 id = "{CONNECTOR}"
@@ -211,6 +221,7 @@ channel = "custom"
 agent = "assistant"
 signing_secret_env = "TEST_SECRET"
 callback_url = "{callback}"
+{extra}
 "#,
             redis = self.redis_url,
             max_body = self.max_body_bytes,
@@ -228,6 +239,9 @@ callback_url = "{callback}"
             model_timeout = self.model_timeout,
             model_attempts = self.model_attempts,
             callback = platform.callback_url,
+            agent_model = self.agent_model,
+            agent_extra = self.agent_extra,
+            extra = self.extra,
         )
     }
 }

@@ -367,3 +367,118 @@ async fn lowest_latency_picks_the_fastest_candidate() {
     };
     assert_eq!(served, ["slow", "fast", "fast", "fast"]);
 }
+
+mod in_turns {
+    use std::time::Duration;
+
+    use crate::{
+        fakes::{FakeModel, ModelFault},
+        helpers::{Backend, TestApp, TestConfig, TestMessage},
+    };
+
+    async fn model_calls_are_recorded_with_their_turn(backend: Backend) {
+        let app = TestApp::spawn_with_worker(TestConfig {
+            backend,
+            ..TestConfig::default()
+        })
+        .await;
+        app.model.push_fault(ModelFault::Status(429, None));
+        app.post_message(&TestMessage::direct("mc1", "eva", "eva:hi"))
+            .await;
+        app.wait_for_replies(1, Duration::from_secs(20)).await;
+        app.drain(Duration::from_secs(10)).await;
+        assert_eq!(
+            app.strings(
+                "SELECT candidate || ':' || provider || ':' || outcome || ':' || coalesce(key_id, '-')
+                   || ':' || coalesce(input_tokens, -1) || ':' || user_key
+                   FROM model_calls ORDER BY id"
+            )
+            .await,
+            [
+                "fake:openai:rate_limited:TEST_MODEL_KEY:-1:web:eva",
+                "fake:openai:ok:TEST_MODEL_KEY:12:web:eva"
+            ]
+        );
+        assert_eq!(
+            app.count("SELECT count(*) FROM model_calls m JOIN turns t ON t.id = m.turn_id")
+                .await,
+            2,
+            "every call belongs to its turn"
+        );
+        app.stop().await;
+    }
+
+    crate::on_both_backends!(model_calls_are_recorded_with_their_turn);
+
+    #[tokio::test]
+    async fn a_budget_stops_model_calls_with_a_clear_message() {
+        let app = TestApp::spawn_with_worker(TestConfig {
+            agent_extra: "daily_user_token_budget = 20\nbudget_message = \"Budget used up for today.\"",
+            ..TestConfig::default()
+        })
+        .await;
+        for (i, expected) in [
+            "answer to [fay:1]",
+            "answer to [fay:2]",
+            "Budget used up for today.",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let n = i + 1;
+            app.post_message(&TestMessage::direct(
+                &format!("b{n}"),
+                "fay",
+                &format!("fay:{n}"),
+            ))
+            .await;
+            let replies = app.wait_for_replies(n, Duration::from_secs(20)).await;
+            assert_eq!(&replies[i].event.data.text, expected);
+        }
+        assert_eq!(
+            app.model.calls().len(),
+            2,
+            "no model call once the budget is used up"
+        );
+        // Another person still has budget.
+        app.post_message(&TestMessage::direct("b4", "gus", "gus:hi"))
+            .await;
+        let replies = app.wait_for_replies(4, Duration::from_secs(20)).await;
+        assert_eq!(replies[3].event.data.text, "answer to [gus:hi]");
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_reply_from_a_fallback_model_carries_the_note() {
+        let backup = FakeModel::start().await;
+        let app = TestApp::spawn_with_worker(TestConfig {
+            agent_model: "main",
+            extra: format!(
+                r#"
+[models.backup]
+provider = "openai"
+base_url = "{}"
+model = "backup-model"
+timeout = "1s"
+max_attempts = 1
+
+[routes.main]
+candidates = ["fake", "backup"]
+fallback_note = "(answered by a backup model)"
+"#,
+                backup.base_url
+            ),
+            ..TestConfig::default()
+        })
+        .await;
+        app.model.always_fail(500);
+        app.post_message(&TestMessage::direct("fb1", "hal", "hal:hi"))
+            .await;
+        let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
+        assert_eq!(
+            replies[0].event.data.text,
+            "answer to [hal:hi]\n\n(answered by a backup model)"
+        );
+        app.stop().await;
+    }
+}
