@@ -1160,6 +1160,35 @@ mod tests {
     }
 
     #[test]
+    fn rules_pick_a_route_by_channel_or_connector() {
+        let text = r#"
+            [models.cheap]
+            provider = "mock"
+            [models.smart]
+            provider = "mock"
+            [[agents]]
+            name = "a"
+            model = "smart"
+            rules = [{ connector = "sms-us", model = "cheap" }, { channel = "custom", model = "cheap" }]
+            [[connectors]]
+            id = "web"
+            channel = "custom"
+            agent = "a"
+            signing_secret_env = "S"
+            callback_url = "http://127.0.0.1:9/r"
+        "#;
+        let settings = Settings::from_toml(text, &env_with(&[("S", SECRET)])).unwrap();
+        let agent = &settings.agents["a"];
+        assert_eq!(agent.route_for("custom", "web"), "cheap");
+        assert_eq!(agent.route_for("slack", "sms-us"), "cheap");
+        assert_eq!(agent.route_for("slack", "team"), "smart");
+        assert!(
+            settings.routes.contains_key("smart"),
+            "every model is a route of one"
+        );
+    }
+
+    #[test]
     fn durations_take_units() {
         assert_eq!(parse_span("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_span("30s").unwrap(), Duration::from_secs(30));

@@ -124,7 +124,11 @@ impl AnthropicProvider {
         })?;
         if !status.is_success() {
             let mut error = classify(status.as_u16(), &text);
-            error.retry_after = retry_after(&headers);
+            error.retry_after = retry_after(&headers).or_else(|| {
+                (status.as_u16() == 429)
+                    .then(|| rate_limit_reset(&headers, chrono::Utc::now()))
+                    .flatten()
+            });
             if headers
                 .get("x-should-retry")
                 .is_some_and(|v| v.as_bytes() == b"false")
@@ -328,6 +332,27 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .or_else(|| read("retry-after").map(Duration::from_secs_f64))
 }
 
+/// When an exhausted limit resets: `anthropic-ratelimit-…-reset` (RFC 3339) of
+/// each limit whose `…-remaining` is 0, the later of them.
+fn rate_limit_reset(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    ["requests", "tokens", "input-tokens", "output-tokens"]
+        .iter()
+        .filter(|kind| {
+            headers
+                .get(format!("anthropic-ratelimit-{kind}-remaining"))
+                .is_some_and(|v| v.as_bytes() == b"0")
+        })
+        .filter_map(|kind| {
+            let reset = headers
+                .get(format!("anthropic-ratelimit-{kind}-reset"))?
+                .to_str()
+                .ok()?;
+            let at = chrono::DateTime::parse_from_rfc3339(reset).ok()?;
+            (at.with_timezone(&chrono::Utc) - now).to_std().ok()
+        })
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +465,28 @@ mod tests {
             ),
             ProviderErrorKind::QuotaExhausted
         );
+    }
+
+    #[test]
+    fn rate_limit_resets_come_from_exhausted_limits() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-ratelimit-tokens-remaining", "0".parse().unwrap());
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "2026-01-01T00:00:20Z".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-remaining",
+            "10".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-reset",
+            "2026-01-01T00:01:00Z".parse().unwrap(),
+        );
+        assert_eq!(rate_limit_reset(&h, now), Some(Duration::from_secs(20)));
     }
 
     #[test]

@@ -132,7 +132,11 @@ impl OpenAiProvider {
             ProviderError::new(kind, format!("transport: {e}"))
         })?;
         let status = response.status();
-        let retry_after = retry_after(response.headers());
+        let retry_after = retry_after(response.headers()).or_else(|| {
+            (status.as_u16() == 429)
+                .then(|| rate_limit_reset(response.headers()))
+                .flatten()
+        });
         let text = response.text().await.map_err(|e| {
             ProviderError::new(ProviderErrorKind::Timeout, format!("reading body: {e}"))
         })?;
@@ -375,9 +379,79 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         })
 }
 
+/// When an exhausted limit resets: `x-ratelimit-reset-{requests,tokens}` (a
+/// duration such as `6m0s`, `59.9s` or `12ms`) of each limit whose
+/// `x-ratelimit-remaining-…` is 0, the later of them.
+fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+    ["requests", "tokens"]
+        .iter()
+        .filter(|kind| {
+            headers
+                .get(format!("x-ratelimit-remaining-{kind}"))
+                .is_some_and(|v| v.as_bytes() == b"0")
+        })
+        .filter_map(|kind| {
+            headers
+                .get(format!("x-ratelimit-reset-{kind}"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(go_duration)
+        })
+        .max()
+}
+
+/// Parses a Go-style duration: `1h2m3.5s`, `6m0s`, `59.9s`, `12ms`.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0.0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_resets_are_read_as_go_durations() {
+        assert_eq!(go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(go_duration("59.9s"), Some(Duration::from_secs_f64(59.9)));
+        assert_eq!(go_duration("12ms"), Some(Duration::from_millis(12)));
+        assert_eq!(go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(go_duration("soon"), None);
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "1.5s".parse().unwrap());
+        h.insert("x-ratelimit-remaining-tokens", "5000".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "6m0s".parse().unwrap());
+        assert_eq!(
+            rate_limit_reset(&h),
+            Some(Duration::from_millis(1500)),
+            "only exhausted limits count"
+        );
+    }
 
     #[test]
     fn quota_429_is_not_a_rate_limit() {
