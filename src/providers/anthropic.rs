@@ -109,14 +109,10 @@ impl AnthropicProvider {
         if let Some(key) = key {
             builder = builder.header("x-api-key", key.expose_secret());
         }
-        let response = builder.send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ProviderErrorKind::Timeout
-            } else {
-                ProviderErrorKind::Server
-            };
-            ProviderError::new(kind, format!("transport: {e}"))
-        })?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_transport(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.map_err(|e| {
@@ -320,16 +316,7 @@ fn classify(status: u16, body: &str) -> ProviderError {
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let read = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-    };
-    read("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| read("retry-after").map(Duration::from_secs_f64))
+    super::retry_after_headers(headers, &["retry-after-ms"], &["retry-after"])
 }
 
 /// When an exhausted limit resets: `anthropic-ratelimit-…-reset` (RFC 3339) of

@@ -87,6 +87,37 @@ impl ProviderError {
             retry_after: None,
         }
     }
+
+    /// A request that got no HTTP answer: a timeout, or a connection failure.
+    pub fn from_transport(error: &reqwest::Error) -> Self {
+        let kind = if error.is_timeout() {
+            ProviderErrorKind::Timeout
+        } else {
+            ProviderErrorKind::Server
+        };
+        Self::new(kind, format!("transport: {error}"))
+    }
+}
+
+/// The wait a server asked for: the first of the millisecond headers, else the
+/// first of the second headers (numbers, possibly fractional).
+pub fn retry_after_headers(
+    headers: &reqwest::header::HeaderMap,
+    millis: &[&str],
+    seconds: &[&str],
+) -> Option<Duration> {
+    let read = |name: &&str| {
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    millis
+        .iter()
+        .find_map(read)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| seconds.iter().find_map(read).map(Duration::from_secs_f64))
 }
 
 /// One model API.

@@ -123,14 +123,10 @@ impl OpenAiProvider {
         if let Some(key) = key {
             builder = builder.bearer_auth(key.expose_secret());
         }
-        let response = builder.send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ProviderErrorKind::Timeout
-            } else {
-                ProviderErrorKind::Server
-            };
-            ProviderError::new(kind, format!("transport: {e}"))
-        })?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_transport(&e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers()).or_else(|| {
             (status.as_u16() == 429)
@@ -362,21 +358,11 @@ fn classify(status: u16, body: &str) -> ProviderError {
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let read = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-    };
-    read("retry-after-ms")
-        .or_else(|| read("llm_provider-retry-after-ms"))
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| {
-            read("retry-after")
-                .or_else(|| read("llm_provider-retry-after"))
-                .map(Duration::from_secs_f64)
-        })
+    super::retry_after_headers(
+        headers,
+        &["retry-after-ms", "llm_provider-retry-after-ms"],
+        &["retry-after", "llm_provider-retry-after"],
+    )
 }
 
 /// When an exhausted limit resets: `x-ratelimit-reset-{requests,tokens}` (a
