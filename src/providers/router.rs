@@ -203,6 +203,16 @@ impl Router {
             .map_or(1, |c| c.settings.config.max_steps.max(1))
     }
 
+    /// Whether any candidate of the route accepts images.
+    pub fn supports_vision(&self, route: &str) -> bool {
+        self.routes.get(route).is_some_and(|r| {
+            r.candidates
+                .iter()
+                .filter_map(|c| self.candidates.get(c))
+                .any(|c| c.settings.config.vision)
+        })
+    }
+
     pub fn fallback_note(&self, route: &str) -> &str {
         self.routes
             .get(route)

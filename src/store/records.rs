@@ -75,6 +75,7 @@ pub struct PendingEvent {
     pub thread_id: Option<String>,
     pub is_group: bool,
     pub text: String,
+    pub attachments: sqlx::types::Json<Vec<crate::channels::Attachment>>,
     pub trace_id: String,
 }
 

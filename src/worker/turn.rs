@@ -189,7 +189,8 @@ async fn answer(
                 .recent_history(lease.session_id, settings.worker.history_messages)
                 .await?;
             let mut conversation = conversation_from(&history);
-            conversation.extend(events.iter().map(|e| Message::text(Role::User, &e.text)));
+            let vision = deployment.router.supports_vision(route);
+            conversation.extend(events.iter().map(|e| user_message(e, vision)));
             let toolbox = Toolbox::new(&agent.tools);
             let request = ChatRequest {
                 system: (!agent.instructions.is_empty()).then(|| agent.instructions.clone()),
@@ -330,6 +331,42 @@ async fn budget_exhausted(
             None
         },
     )
+}
+
+/// An inbound event as the model sees it: its text, and its attachments as images
+/// (when the route has a model with vision) or as a line naming them.
+fn user_message(event: &PendingEvent, vision: bool) -> Message {
+    let mut parts = Vec::new();
+    if !event.text.is_empty() {
+        parts.push(Part::Text {
+            text: event.text.clone(),
+        });
+    }
+    for attachment in event.attachments.iter() {
+        let is_image = attachment
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("image/"));
+        match (&attachment.url, is_image && vision) {
+            (Some(url), true) => parts.push(Part::Image { url: url.clone() }),
+            _ => parts.push(Part::Text {
+                text: format!(
+                    "[attachment: {} ({}){}]",
+                    attachment.name.as_deref().unwrap_or("unnamed"),
+                    attachment.content_type.as_deref().unwrap_or("unknown type"),
+                    attachment
+                        .url
+                        .as_deref()
+                        .map(|u| format!(" {u}"))
+                        .unwrap_or_default()
+                ),
+            }),
+        }
+    }
+    Message {
+        role: Role::User,
+        parts,
+    }
 }
 
 /// The stored history as a conversation the model accepts: it starts at a user

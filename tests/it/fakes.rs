@@ -50,6 +50,8 @@ pub struct ModelCall {
     pub tool_results: Vec<String>,
     /// Tools the request offered.
     pub tools_offered: usize,
+    /// Image URLs in the request's messages.
+    pub images: Vec<String>,
     /// The API key the call carried (bearer or x-api-key).
     pub api_key: String,
     /// Every message of the request, system and history included.
@@ -264,6 +266,17 @@ async fn answer(fake: FakeModel, wire: Wire, api_key: String, body: Value) -> Re
             user_messages: user_messages.clone(),
             tool_results,
             tools_offered: body["tools"].as_array().map_or(0, Vec::len),
+            images: messages
+                .iter()
+                .filter_map(|m| m["content"].as_array())
+                .flatten()
+                .filter_map(|block| {
+                    block["image_url"]["url"]
+                        .as_str()
+                        .or(block["source"]["url"].as_str())
+                        .map(str::to_owned)
+                })
+                .collect(),
             api_key,
             message_count: messages.len(),
             started: Instant::now(),

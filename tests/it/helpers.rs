@@ -125,6 +125,8 @@ pub struct TestConfig {
     pub max_body_bytes: usize,
     /// What the agent uses: a model or a route.
     pub agent_model: &'static str,
+    /// More lines for the `[models.fake]` table (capabilities, prices).
+    pub model_extra: &'static str,
     /// More lines for the `[[agents]]` table (budgets, rules).
     pub agent_extra: &'static str,
     /// More tables appended to the configuration (models, routes).
@@ -147,6 +149,7 @@ impl Default for TestConfig {
             session_lease: "3s",
             max_body_bytes: 64 * 1024,
             agent_model: "fake",
+            model_extra: "",
             agent_extra: "",
             extra: String::new(),
         }
@@ -196,7 +199,7 @@ max_retry_after = "5s"
 request_timeout = "2s"
 
 [log]
-level = "warn,microclaw=info"
+level = "warn"
 
 [models.fake]
 provider = "{provider}"
@@ -208,6 +211,7 @@ max_attempts = {model_attempts}
 min_backoff = "50ms"
 max_backoff = "200ms"
 max_retry_after = "1s"
+{model_extra}
 
 [[agents]]
 name = "assistant"
@@ -241,6 +245,7 @@ callback_url = "{callback}"
             callback = platform.callback_url,
             agent_model = self.agent_model,
             agent_extra = self.agent_extra,
+            model_extra = self.model_extra,
             extra = self.extra,
         )
     }
@@ -262,6 +267,7 @@ pub struct TestMessage {
     pub conversation: String,
     pub text: String,
     pub group: bool,
+    pub attachments: Vec<serde_json::Value>,
 }
 
 impl TestMessage {
@@ -272,7 +278,15 @@ impl TestMessage {
             conversation: format!("dm-{sender}"),
             text: text.into(),
             group: false,
+            attachments: Vec::new(),
         }
+    }
+
+    pub fn with_image(mut self, url: &str) -> Self {
+        self.attachments.push(json!({
+            "url": url, "content_type": "image/png", "name": "photo.png", "size": 1234
+        }));
+        self
     }
 
     pub fn body(&self) -> String {
@@ -286,7 +300,7 @@ impl TestMessage {
                 "thread_id": null,
                 "sender": {"id": self.sender, "display_name": "Tester"},
                 "text": self.text,
-                "attachments": [],
+                "attachments": self.attachments,
                 "sent_at": "2026-01-01T00:01:00.900Z"
             }
         })

@@ -187,6 +187,7 @@ async fn group_conversation_has_one_session_for_all_members(backend: Backend) {
             conversation: "team-room".into(),
             text: format!("room:{sender}"),
             group: true,
+            attachments: Vec::new(),
         };
         assert_eq!(app.post_message(&message).await.status(), 200);
     }

@@ -127,3 +127,50 @@ async fn anthropic_overload_is_retried() {
     assert_eq!(app.model.calls().len(), 2);
     app.stop().await;
 }
+
+/// What image URLs the model was sent for a message with a picture attached.
+async fn images_sent_to_the_model(
+    provider: &'static str,
+    vision: bool,
+) -> (Vec<String>, Vec<String>) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        provider,
+        model_extra: if vision {
+            "vision = true"
+        } else {
+            "vision = false"
+        },
+        ..TestConfig::default()
+    })
+    .await;
+    app.post_message(
+        &TestMessage::direct("img1", "eli", "eli:what is this?")
+            .with_image("https://files.example.com/p.png"),
+    )
+    .await;
+    app.wait_for_replies(1, Duration::from_secs(20)).await;
+    let calls = app.model.calls();
+    app.stop().await;
+    (calls[0].images.clone(), calls[0].user_messages.clone())
+}
+
+#[tokio::test]
+async fn images_go_to_models_with_vision_in_both_formats() {
+    for provider in ["openai", "anthropic"] {
+        let (images, _) = images_sent_to_the_model(provider, true).await;
+        assert_eq!(images, ["https://files.example.com/p.png"], "{provider}");
+    }
+}
+
+#[tokio::test]
+async fn a_model_without_vision_is_told_about_the_image_in_words() {
+    let (images, texts) = images_sent_to_the_model("openai", false).await;
+    assert!(images.is_empty());
+    assert!(
+        texts
+            .iter()
+            .any(|t| t
+                .contains("[attachment: photo.png (image/png) https://files.example.com/p.png]")),
+        "{texts:?}"
+    );
+}

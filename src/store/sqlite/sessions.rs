@@ -134,7 +134,7 @@ pub async fn pending_events(
 ) -> Result<Vec<PendingEvent>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, seq, connector_id, platform_message_id, sender_id, sender_name,
-                conversation_id, thread_id, is_group, text, trace_id
+                conversation_id, thread_id, is_group, text, attachments, trace_id
            FROM inbound_events
           WHERE session_id = ?1 AND seq > ?2
           ORDER BY seq
