@@ -56,7 +56,7 @@ pub enum Command {
     /// Create the database if missing, apply migrations (the queue's and MicroClaw's), exit.
     Migrate,
     /// Try MicroClaw with nothing to set up: receiver and worker in one process on an
-    /// embedded SQLite store, the mock model unless OPENAI_API_KEY is set.
+    /// embedded SQLite store, the mock model unless OPENAI_API_KEY or ANTHROPIC_API_KEY is set.
     ///
     /// Everything lives in --data-dir: the store, the generated webhook secret, and
     /// dev.json, which `microclaw send` reads. History survives restarts. A config file,

@@ -99,9 +99,11 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 /// The dev preset: the embedded store, one agent, the built-in custom connector,
-/// the mock model unless `OPENAI_API_KEY` is set.
+/// and OpenAI's model when `OPENAI_API_KEY` is set, else Claude when
+/// `ANTHROPIC_API_KEY` is set, else the mock model.
 pub fn preset(data_dir: &Path, listen: &str, callback_base: &str) -> String {
-    let (model, openai) = if std::env::var("OPENAI_API_KEY").is_ok_and(|key| !key.is_empty()) {
+    let key_set = |name: &str| std::env::var(name).is_ok_and(|key| !key.is_empty());
+    let (model, provider_table) = if key_set("OPENAI_API_KEY") {
         (
             "openai",
             r#"
@@ -110,6 +112,18 @@ provider = "openai"
 base_url = "https://api.openai.com/v1"
 api_key_env = "OPENAI_API_KEY"
 model = "gpt-4o-mini"
+"#,
+        )
+    } else if key_set("ANTHROPIC_API_KEY") {
+        (
+            "anthropic",
+            r#"
+[models.anthropic]
+provider = "anthropic"
+base_url = "https://api.anthropic.com"
+api_key_env = "ANTHROPIC_API_KEY"
+model = "claude-sonnet-4-5"
+context_window = 200000
 "#,
         )
     } else {
@@ -125,7 +139,7 @@ url = ""
 
 [receiver]
 listen = "{listen}"
-{openai}
+{provider_table}
 [[agents]]
 name = "assistant"
 instructions = "You are a helpful assistant. Answer briefly."
