@@ -256,6 +256,9 @@ pub struct DeliveryConfig {
     pub jitter: f64,
     /// A platform's Retry-After is honoured up to this long.
     pub max_retry_after: Span,
+    /// Rate-limited attempts do not use up `max_attempts`; after this many the
+    /// delivery is dead all the same.
+    pub max_rate_limited: u32,
     pub request_timeout: Span,
 }
 
@@ -269,6 +272,7 @@ impl Default for DeliveryConfig {
                 .collect(),
             jitter: 0.2,
             max_retry_after: Span::secs(3600),
+            max_rate_limited: 20,
             request_timeout: Span::secs(15),
         }
     }
@@ -527,12 +531,15 @@ fn default_tools() -> Vec<String> {
 pub enum ChannelKind {
     /// Any surface a user builds: Standard Webhooks in, signed JSON callback out.
     Custom,
+    /// Telegram Bot API: webhook updates in, `sendMessage` out.
+    Telegram,
 }
 
 impl ChannelKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Custom => "custom",
+            ChannelKind::Telegram => "telegram",
         }
     }
 }
@@ -554,6 +561,18 @@ pub struct ConnectorConfig {
     /// inbound signing secret.
     #[serde(default)]
     pub callback_secret_env: Option<String>,
+    /// Env var holding the bot token (Telegram).
+    #[serde(default)]
+    pub bot_token_env: Option<String>,
+    /// Env var holding the webhook secret token given to `setWebhook` (Telegram).
+    #[serde(default)]
+    pub secret_token_env: Option<String>,
+    /// The platform API's base URL (tests point it at a fake).
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+    /// The bot's username: in groups it answers only messages that mention it (Telegram).
+    #[serde(default)]
+    pub bot_username: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -602,6 +621,34 @@ pub struct ConnectorSettings {
     pub config: ConnectorConfig,
     pub signing_secret: Option<SecretString>,
     pub callback_secret: Option<SecretString>,
+    pub bot_token: Option<SecretString>,
+    pub webhook_secret: Option<SecretString>,
+}
+
+fn whsec_secret(value: &str) -> Result<(), String> {
+    crate::channels::standard_webhooks::SigningKey::parse(value)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn telegram_secret_token(value: &str) -> Result<(), String> {
+    let valid = (1..=256).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err("a Telegram secret token is 1-256 characters of A-Z a-z 0-9 _ -".into())
+    }
+}
+
+fn non_empty(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        Err("is empty".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// Where the environment comes from: the process, or a map in tests.
@@ -1013,40 +1060,67 @@ impl Settings {
                     format!("`{}` is not the name of an agent", connector.agent),
                 );
             }
-            let mut secret = |field: &str, var: &Option<String>, required: bool| match var {
-                Some(var) => match env(var) {
-                    Some(value) => {
-                        match crate::channels::standard_webhooks::SigningKey::parse(&value) {
-                            Ok(_) => Some(SecretString::from(value)),
+            let mut secret =
+                |field: &str,
+                 var: &Option<String>,
+                 required: bool,
+                 validate: fn(&str) -> Result<(), String>| match var {
+                    Some(var) => match env(var) {
+                        Some(value) => match validate(&value) {
+                            Ok(()) => Some(SecretString::from(value)),
                             Err(e) => {
                                 problem(key(field), format!("environment variable {var}: {e}"));
                                 None
                             }
+                        },
+                        None => {
+                            problem(key(field), format!("environment variable {var} is not set"));
+                            None
                         }
-                    }
-                    None => {
-                        problem(key(field), format!("environment variable {var} is not set"));
+                    },
+                    None if required => {
+                        problem(
+                            key(field),
+                            "must name the environment variable that holds the secret".into(),
+                        );
                         None
                     }
-                },
-                None if required => {
-                    problem(
-                        key(field),
-                        "must name the environment variable that holds the secret".into(),
-                    );
-                    None
-                }
-                None => None,
-            };
-            let (signing_secret, callback_secret) = match connector.channel {
+                    None => None,
+                };
+            let (mut signing_secret, mut callback_secret, mut bot_token, mut webhook_secret) =
+                (None, None, None, None);
+            match connector.channel {
                 ChannelKind::Custom => {
-                    let signing = secret("signing_secret_env", &connector.signing_secret_env, true);
-                    let callback =
-                        secret("callback_secret_env", &connector.callback_secret_env, false)
-                            .or_else(|| signing.clone());
-                    (signing, callback)
+                    signing_secret = secret(
+                        "signing_secret_env",
+                        &connector.signing_secret_env,
+                        true,
+                        whsec_secret,
+                    );
+                    callback_secret = secret(
+                        "callback_secret_env",
+                        &connector.callback_secret_env,
+                        false,
+                        whsec_secret,
+                    )
+                    .or_else(|| signing_secret.clone());
                 }
-            };
+                ChannelKind::Telegram => {
+                    bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);
+                    webhook_secret = secret(
+                        "secret_token_env",
+                        &connector.secret_token_env,
+                        true,
+                        telegram_secret_token,
+                    );
+                }
+            }
+            if let Some(url) = &connector.api_base_url
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+            {
+                problem(key("api_base_url"), "must be an http(s) URL".into());
+            }
             match (&connector.channel, &connector.callback_url) {
                 (ChannelKind::Custom, None) => problem(
                     key("callback_url"),
@@ -1061,6 +1135,8 @@ impl Settings {
                 config: connector.clone(),
                 signing_secret,
                 callback_secret,
+                bot_token,
+                webhook_secret,
             };
             if connectors.insert(connector.id.clone(), settings).is_some() {
                 problem(key("id"), format!("`{}` is declared twice", connector.id));

@@ -35,7 +35,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    channels::standard_webhooks::{SignedHeaders, SigningKey},
+    channels::{
+        constant_time_eq,
+        standard_webhooks::{SignedHeaders, SigningKey},
+    },
     config::{RawConfig, Settings},
     deployment::Deployment,
     store::Store,
@@ -329,10 +332,6 @@ async fn event_reply(
             }
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `microclaw send`: posts one signed message to a running dev instance and waits

@@ -10,14 +10,16 @@
 //! Adding a channel: its file, one line in [`build`], its tests.
 
 pub mod custom;
+pub mod format;
 pub mod standard_webhooks;
+pub mod telegram;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ChannelKind, ConnectorSettings};
@@ -243,6 +245,16 @@ pub trait Channel: Send + Sync {
 
     /// Sends one part of a reply.
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> BoxFuture<'a, Result<(), SendError>>;
+
+    /// Shows that an answer is being written, where the platform can (best effort).
+    fn typing<'a>(&'a self, _target: &'a ReplyTarget) -> BoxFuture<'a, ()> {
+        futures::future::ready(()).boxed()
+    }
+}
+
+/// Compares secrets without revealing, through timing, where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The registry: builds the channel for a connector.
@@ -257,6 +269,7 @@ pub fn build(
             http.clone(),
             signature_tolerance,
         )),
+        ChannelKind::Telegram => Arc::new(telegram::TelegramChannel::new(connector, http.clone())),
     }
 }
 

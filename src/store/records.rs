@@ -175,6 +175,8 @@ pub struct DeliveryRow {
     pub status: String,
     pub attempts: i32,
     pub max_attempts: i32,
+    /// Attempts so far that the platform answered with a rate limit.
+    pub rate_limited: i32,
     pub trace_id: String,
 }
 

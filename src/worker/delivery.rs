@@ -2,8 +2,10 @@
 //!
 //! Success marks the delivery delivered. A retryable failure schedules the next
 //! attempt on the configured schedule with jitter, or after the platform's
-//! Retry-After when that is longer. A permanent failure, or a failure of the last
-//! attempt, marks the delivery dead with its attempt history: the admin queue.
+//! Retry-After when that is longer. A rate-limited attempt is rescheduled for the
+//! time the platform asked and does not use up an attempt (up to
+//! `delivery.max_rate_limited` of them). A permanent failure, or a failure of the
+//! last attempt, marks the delivery dead with its attempt history: the admin queue.
 
 use std::sync::Arc;
 
@@ -54,13 +56,33 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
     let outcome = match &result {
         Ok(()) => AttemptOutcome::Delivered,
         Err(e @ SendError::Permanent { .. }) => AttemptOutcome::Dead(e, DeadReason::Permanent),
-        Err(e) if job.attempt as i32 >= row.max_attempts => {
+        Err(e @ SendError::RateLimited { .. })
+            if row.rate_limited + 1 > deployment.settings.delivery.max_rate_limited as i32 =>
+        {
             AttemptOutcome::Dead(e, DeadReason::Exhausted)
         }
-        Err(e) => AttemptOutcome::RetryAfter(
-            e,
-            delivery_wait(&deployment.settings.delivery, job.attempt, e.retry_after()),
-        ),
+        // Rate-limited attempts do not use up the delivery's attempts.
+        Err(e @ SendError::Retryable { .. })
+            if job.attempt as i32 - row.rate_limited >= row.max_attempts =>
+        {
+            AttemptOutcome::Dead(e, DeadReason::Exhausted)
+        }
+        Err(e) => {
+            let config = &deployment.settings.delivery;
+            let wait = match e {
+                // The platform said when: that time, not the schedule's.
+                SendError::RateLimited {
+                    retry_after: Some(wait),
+                    ..
+                } => (*wait).min(config.max_retry_after.0),
+                _ => delivery_wait(
+                    config,
+                    (job.attempt as i32 - row.rate_limited).max(1) as u32,
+                    e.retry_after(),
+                ),
+            };
+            AttemptOutcome::RetryAfter(e, wait)
+        }
     };
     match &outcome {
         AttemptOutcome::Delivered => tracing::info!(connector = %row.connector_id, "delivered"),

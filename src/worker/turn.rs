@@ -155,10 +155,27 @@ async fn answer(
         .unwrap_or_default();
 
     let last = events.last().expect("a turn answers at least one event");
-    let channel = deployment
-        .connectors
-        .get(&last.connector_id)
-        .map_or("", |c| c.channel.kind().as_str());
+    let connector = deployment.connectors.get(&last.connector_id);
+    let channel = connector.map_or("", |c| c.channel.kind().as_str());
+    let target = ReplyTarget {
+        conversation_id: last.conversation_id.clone(),
+        thread_id: last.thread_id.clone(),
+        recipient_id: last.sender_id.clone(),
+        is_group: last.is_group,
+        in_reply_to: events
+            .iter()
+            .filter(|e| e.connector_id == last.connector_id)
+            .map(|e| e.platform_message_id.clone())
+            .collect(),
+    };
+    if let Some(connector) = connector {
+        // Best effort and off the turn's path: a slow platform must not slow the turn.
+        let channel = connector.channel.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), channel.typing(&target)).await;
+        });
+    }
     let agent = settings.agents.get(agent_name);
     let route = agent
         .map(|a| a.route_for(channel, &last.connector_id))
@@ -227,21 +244,11 @@ async fn answer(
         tracing::warn!(%error, "turn failed; sending the apology");
     }
 
-    let deliveries = match deployment.connectors.get(&last.connector_id) {
+    let deliveries = match connector {
         Some(connector) => vec![PlannedDelivery {
             connector_id: last.connector_id.clone(),
             channel: connector.channel.kind().as_str().to_owned(),
-            target: ReplyTarget {
-                conversation_id: last.conversation_id.clone(),
-                thread_id: last.thread_id.clone(),
-                recipient_id: last.sender_id.clone(),
-                is_group: last.is_group,
-                in_reply_to: events
-                    .iter()
-                    .filter(|e| e.connector_id == last.connector_id)
-                    .map(|e| e.platform_message_id.clone())
-                    .collect(),
-            },
+            target,
             parts: connector.channel.split(&reply),
         }],
         None => {

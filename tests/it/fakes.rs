@@ -507,3 +507,64 @@ async fn receive(
         }
     }
 }
+
+/// A Telegram Bot API server: records every call (path and JSON body) and answers
+/// `{"ok":true}` or, when scripted, a Bot API error.
+#[derive(Clone)]
+pub struct FakeTelegram {
+    pub base_url: String,
+    state: Arc<Mutex<TelegramState>>,
+}
+
+#[derive(Default)]
+struct TelegramState {
+    calls: Vec<(String, Value)>,
+    /// Answers for the next sendMessage calls: (HTTP status, body).
+    script: VecDeque<(u16, Value)>,
+}
+
+impl FakeTelegram {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(TelegramState::default()));
+        let router = Router::new()
+            .fallback(post(telegram_method))
+            .with_state(state.clone());
+        let address = serve(router).await;
+        FakeTelegram {
+            base_url: format!("http://{address}"),
+            state,
+        }
+    }
+
+    pub fn script(&self, status: u16, body: Value) {
+        self.state.lock().unwrap().script.push_back((status, body));
+    }
+
+    /// Every call as (path, body).
+    pub fn calls(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn sent_messages(&self) -> Vec<(String, Value)> {
+        self.calls()
+            .into_iter()
+            .filter(|(path, _)| path.ends_with("/sendMessage"))
+            .collect()
+    }
+}
+
+async fn telegram_method(
+    State(state): State<Arc<Mutex<TelegramState>>>,
+    uri: axum::http::Uri,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let path = uri.path().to_owned();
+    state.calls.push((path.clone(), body));
+    if path.ends_with("/sendMessage")
+        && let Some((status, answer)) = state.script.pop_front()
+    {
+        return (StatusCode::from_u16(status).unwrap(), Json(answer)).into_response();
+    }
+    Json(json!({"ok": true, "result": {"message_id": state.calls.len()}})).into_response()
+}

@@ -21,6 +21,8 @@ use crate::fakes::{FakeModel, FakePlatform, ReceivedReply};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const CONNECTOR: &str = "web";
+pub const TELEGRAM_TOKEN: &str = "123456:test-token";
+pub const TELEGRAM_SECRET: &str = "mc_tg_secret-0001";
 
 pub fn postgres_base() -> String {
     std::env::var("MICROCLAW_TEST_POSTGRES")
@@ -255,6 +257,8 @@ pub fn test_env(name: &str) -> Option<String> {
     match name {
         "TEST_SECRET" => Some(SECRET.into()),
         "TEST_MODEL_KEY" => Some("sk-test".into()),
+        "TEST_TG_TOKEN" => Some(TELEGRAM_TOKEN.into()),
+        "TEST_TG_SECRET" => Some(TELEGRAM_SECRET.into()),
         _ => None,
     }
 }

@@ -10,5 +10,6 @@ mod ordering;
 mod pipeline;
 mod receiver;
 mod router;
+mod telegram;
 mod tools;
 mod turn_faults;

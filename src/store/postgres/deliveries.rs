@@ -28,7 +28,8 @@ pub async fn begin_attempt(
 ) -> Result<Option<DeliveryRow>, StoreError> {
     let mut tx = pool.begin().await?;
     let row: Option<DeliveryRow> = sqlx::query_as(
-        "SELECT id, connector_id, channel, target, part, text, status, attempts, max_attempts, trace_id
+        "SELECT id, connector_id, channel, target, part, text, status, attempts, max_attempts,
+                rate_limited, trace_id
            FROM deliveries WHERE id = $1 FOR UPDATE",
     )
     .bind(job.delivery_id)
@@ -101,7 +102,8 @@ pub async fn finish_attempt(
         AttemptOutcome::RetryAfter(e, wait) => {
             sqlx::query(
                 "UPDATE deliveries
-                    SET next_attempt_at = now() + $2, error_class = $3, last_error = $4
+                    SET next_attempt_at = now() + $2, error_class = $3, last_error = $4,
+                        rate_limited = rate_limited + CASE WHEN $3 = 'rate_limited' THEN 1 ELSE 0 END
                   WHERE id = $1 AND status = 'pending'",
             )
             .bind(job.delivery_id)
