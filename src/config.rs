@@ -533,6 +533,8 @@ pub enum ChannelKind {
     Custom,
     /// Telegram Bot API: webhook updates in, `sendMessage` out.
     Telegram,
+    /// Slack Events API in, `chat.postMessage` out.
+    Slack,
 }
 
 impl ChannelKind {
@@ -540,6 +542,7 @@ impl ChannelKind {
         match self {
             ChannelKind::Custom => "custom",
             ChannelKind::Telegram => "telegram",
+            ChannelKind::Slack => "slack",
         }
     }
 }
@@ -551,7 +554,8 @@ pub struct ConnectorConfig {
     pub channel: ChannelKind,
     /// Name of the agent that answers on this connector.
     pub agent: String,
-    /// Env var holding the `whsec_…` secret inbound webhooks are signed with.
+    /// Env var holding the secret inbound webhooks are signed with (custom: a
+    /// `whsec_…` secret; Slack: the app's signing secret).
     #[serde(default)]
     pub signing_secret_env: Option<String>,
     /// Where replies are POSTed (custom channel).
@@ -561,7 +565,7 @@ pub struct ConnectorConfig {
     /// inbound signing secret.
     #[serde(default)]
     pub callback_secret_env: Option<String>,
-    /// Env var holding the bot token (Telegram).
+    /// Env var holding the bot token (Telegram; Slack `xoxb-…`).
     #[serde(default)]
     pub bot_token_env: Option<String>,
     /// Env var holding the webhook secret token given to `setWebhook` (Telegram).
@@ -1104,6 +1108,15 @@ impl Settings {
                         whsec_secret,
                     )
                     .or_else(|| signing_secret.clone());
+                }
+                ChannelKind::Slack => {
+                    signing_secret = secret(
+                        "signing_secret_env",
+                        &connector.signing_secret_env,
+                        true,
+                        non_empty,
+                    );
+                    bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);
                 }
                 ChannelKind::Telegram => {
                     bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);

@@ -109,6 +109,118 @@ pub fn telegram_html(markdown: &str) -> String {
     out.trim_end().to_owned()
 }
 
+fn escape_slack(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Slack mrkdwn: `*bold*`, `_italic_`, `~strike~`, code, fenced blocks, `>` quotes,
+/// `<url|label>` links; `&`, `<`, `>` escaped in text (and nothing else).
+pub fn slack_mrkdwn(markdown: &str) -> String {
+    let mut out = String::with_capacity(markdown.len() + 16);
+    let mut lists: Vec<Option<u64>> = Vec::new();
+    let mut link: Option<(String, String)> = None;
+    let mut quote = 0usize;
+    for event in parser(markdown) {
+        if let Some((_, label)) = link.as_mut() {
+            match &event {
+                Event::Text(text) | Event::Code(text) => {
+                    escape_slack(text, label);
+                    continue;
+                }
+                Event::End(TagEnd::Link) | Event::End(TagEnd::Image) => {}
+                _ => continue,
+            }
+        }
+        match event {
+            Event::Start(tag) => match tag {
+                Tag::Heading { .. } | Tag::Strong => out.push('*'),
+                Tag::Emphasis => out.push('_'),
+                Tag::Strikethrough => out.push('~'),
+                Tag::BlockQuote(_) => {
+                    quote += 1;
+                    out.push_str("> ");
+                }
+                Tag::CodeBlock(_) => out.push_str("```\n"),
+                Tag::List(start) => lists.push(start),
+                Tag::Item => {
+                    out.push_str(&"  ".repeat(lists.len().saturating_sub(1)));
+                    match lists.last_mut() {
+                        Some(Some(n)) => {
+                            out.push_str(&format!("{n}. "));
+                            *n += 1;
+                        }
+                        _ => out.push_str("• "),
+                    }
+                }
+                Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. } => {
+                    link = Some((dest_url.to_string(), String::new()));
+                }
+                _ => {}
+            },
+            Event::End(tag) => match tag {
+                TagEnd::Paragraph => out.push_str(if quote > 0 { "\n" } else { "\n\n" }),
+                TagEnd::Heading(_) => out.push_str("*\n"),
+                TagEnd::Strong => out.push('*'),
+                TagEnd::Emphasis => out.push('_'),
+                TagEnd::Strikethrough => out.push('~'),
+                TagEnd::BlockQuote(_) => {
+                    quote = quote.saturating_sub(1);
+                    out.push('\n');
+                }
+                TagEnd::CodeBlock => out.push_str("```\n\n"),
+                TagEnd::List(_) => {
+                    lists.pop();
+                    if lists.is_empty() {
+                        out.push('\n');
+                    }
+                }
+                TagEnd::Item if !out.ends_with('\n') => out.push('\n'),
+                TagEnd::Link | TagEnd::Image => {
+                    if let Some((url, label)) = link.take() {
+                        out.push('<');
+                        escape_slack(&url, &mut out);
+                        if !label.is_empty() && label != url {
+                            out.push('|');
+                            out.push_str(&label);
+                        }
+                        out.push('>');
+                    }
+                }
+                _ => {}
+            },
+            Event::Text(text) => escape_slack(&text, &mut out),
+            Event::Code(code) => {
+                out.push('`');
+                escape_slack(&code, &mut out);
+                out.push('`');
+            }
+            Event::SoftBreak | Event::HardBreak => {
+                out.push('\n');
+                if quote > 0 {
+                    out.push_str("> ");
+                }
+            }
+            Event::Rule => out.push_str("———\n\n"),
+            Event::Html(html) | Event::InlineHtml(html) => escape_slack(&html, &mut out),
+            Event::TaskListMarker(done) => out.push_str(if done { "☑ " } else { "☐ " }),
+            _ => {}
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// Length in Unicode characters.
+pub fn char_len(text: &str) -> usize {
+    text.chars().count()
+}
+
 /// Length in UTF-16 code units (how Telegram counts).
 pub fn utf16_len(text: &str) -> usize {
     text.encode_utf16().count()
@@ -290,6 +402,24 @@ mod tests {
 
     fn parts(md: &str, limit: usize) -> Vec<String> {
         render_parts(md, limit, telegram_html, utf16_len)
+    }
+
+    #[test]
+    fn renders_slack_mrkdwn_escaping_only_what_slack_needs() {
+        assert_eq!(
+            slack_mrkdwn("**Deploy** _log_ ~~old~~ & <errors> `a<b`"),
+            "*Deploy* _log_ ~old~ &amp; &lt;errors&gt; `a&lt;b`"
+        );
+        assert_eq!(
+            slack_mrkdwn("see [the runbook](https://x.y/run?a=1&b=2) or https://plain.link"),
+            "see <https://x.y/run?a=1&amp;b=2|the runbook> or https://plain.link"
+        );
+        assert_eq!(
+            slack_mrkdwn("## Status\n\n- ok\n- *fine*"),
+            "*Status*\n• ok\n• _fine_"
+        );
+        assert_eq!(slack_mrkdwn("```\nlet a = 1;\n```"), "```\nlet a = 1;\n```");
+        assert_eq!(slack_mrkdwn("> quoted\n> twice"), "> quoted\n> twice");
     }
 
     #[test]

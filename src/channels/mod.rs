@@ -11,6 +11,7 @@
 
 pub mod custom;
 pub mod format;
+pub mod slack;
 pub mod standard_webhooks;
 pub mod telegram;
 
@@ -270,6 +271,11 @@ pub fn build(
             signature_tolerance,
         )),
         ChannelKind::Telegram => Arc::new(telegram::TelegramChannel::new(connector, http.clone())),
+        ChannelKind::Slack => Arc::new(slack::SlackChannel::new(
+            connector,
+            http.clone(),
+            signature_tolerance,
+        )),
     }
 }
 

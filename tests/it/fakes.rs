@@ -508,36 +508,57 @@ async fn receive(
     }
 }
 
-/// A Telegram Bot API server: records every call (path and JSON body) and answers
-/// `{"ok":true}` or, when scripted, a Bot API error.
+/// A platform Web API in the Slack / Telegram style: records every call (path,
+/// Authorization header, JSON body) and answers `{"ok":true}` or, when scripted, an
+/// error (with an optional Retry-After header).
 #[derive(Clone)]
-pub struct FakeTelegram {
+pub struct FakeApi {
     pub base_url: String,
-    state: Arc<Mutex<TelegramState>>,
+    state: Arc<Mutex<ApiState>>,
 }
 
 #[derive(Default)]
-struct TelegramState {
+struct ApiState {
     calls: Vec<(String, Value)>,
-    /// Answers for the next sendMessage calls: (HTTP status, body).
-    script: VecDeque<(u16, Value)>,
+    authorizations: Vec<String>,
+    /// Answers for the next message sends: (HTTP status, body, Retry-After).
+    script: VecDeque<(u16, Value, Option<u64>)>,
 }
 
-impl FakeTelegram {
+const SEND_METHODS: &[&str] = &["/sendMessage", "/chat.postMessage"];
+
+impl FakeApi {
     pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(TelegramState::default()));
+        let state = Arc::new(Mutex::new(ApiState::default()));
         let router = Router::new()
-            .fallback(post(telegram_method))
+            .fallback(post(api_method))
             .with_state(state.clone());
         let address = serve(router).await;
-        FakeTelegram {
+        FakeApi {
             base_url: format!("http://{address}"),
             state,
         }
     }
 
     pub fn script(&self, status: u16, body: Value) {
-        self.state.lock().unwrap().script.push_back((status, body));
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push_back((status, body, None));
+    }
+
+    pub fn script_with_retry_after(&self, status: u16, body: Value, retry_after: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push_back((status, body, Some(retry_after)));
+    }
+
+    /// The Authorization header of every call.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.lock().unwrap().authorizations.clone()
     }
 
     /// Every call as (path, body).
@@ -548,23 +569,36 @@ impl FakeTelegram {
     pub fn sent_messages(&self) -> Vec<(String, Value)> {
         self.calls()
             .into_iter()
-            .filter(|(path, _)| path.ends_with("/sendMessage"))
+            .filter(|(path, _)| SEND_METHODS.iter().any(|m| path.ends_with(m)))
             .collect()
     }
 }
 
-async fn telegram_method(
-    State(state): State<Arc<Mutex<TelegramState>>>,
+async fn api_method(
+    State(state): State<Arc<Mutex<ApiState>>>,
     uri: axum::http::Uri,
+    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     let mut state = state.lock().unwrap();
     let path = uri.path().to_owned();
     state.calls.push((path.clone(), body));
-    if path.ends_with("/sendMessage")
-        && let Some((status, answer)) = state.script.pop_front()
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    state.authorizations.push(authorization);
+    if SEND_METHODS.iter().any(|m| path.ends_with(m))
+        && let Some((status, answer, retry_after)) = state.script.pop_front()
     {
-        return (StatusCode::from_u16(status).unwrap(), Json(answer)).into_response();
+        let status = StatusCode::from_u16(status).unwrap();
+        return match retry_after {
+            Some(secs) => {
+                (status, [("retry-after", secs.to_string())], Json(answer)).into_response()
+            }
+            None => (status, Json(answer)).into_response(),
+        };
     }
     Json(json!({"ok": true, "result": {"message_id": state.calls.len()}})).into_response()
 }

@@ -23,6 +23,8 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const CONNECTOR: &str = "web";
 pub const TELEGRAM_TOKEN: &str = "123456:test-token";
 pub const TELEGRAM_SECRET: &str = "mc_tg_secret-0001";
+pub const SLACK_SIGNING_SECRET: &str = "microclaw-test-signing-secret-0001";
+pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token";
 
 pub fn postgres_base() -> String {
     std::env::var("MICROCLAW_TEST_POSTGRES")
@@ -259,6 +261,8 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_MODEL_KEY" => Some("sk-test".into()),
         "TEST_TG_TOKEN" => Some(TELEGRAM_TOKEN.into()),
         "TEST_TG_SECRET" => Some(TELEGRAM_SECRET.into()),
+        "TEST_SLACK_SECRET" => Some(SLACK_SIGNING_SECRET.into()),
+        "TEST_SLACK_TOKEN" => Some(SLACK_BOT_TOKEN.into()),
         _ => None,
     }
 }

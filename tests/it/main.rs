@@ -10,6 +10,7 @@ mod ordering;
 mod pipeline;
 mod receiver;
 mod router;
+mod slack;
 mod telegram;
 mod tools;
 mod turn_faults;

@@ -6,13 +6,13 @@ use microclaw::channels::format::telegram_html;
 use serde_json::{Value, json};
 
 use crate::{
-    fakes::FakeTelegram,
+    fakes::FakeApi,
     helpers::{TELEGRAM_SECRET, TELEGRAM_TOKEN, TestApp, TestConfig},
 };
 
 const SAMPLE: &str = include_str!("../fixtures/telegram.json");
 
-async fn spawn(telegram: &FakeTelegram) -> TestApp {
+async fn spawn(telegram: &FakeApi) -> TestApp {
     TestApp::spawn_with_worker(TestConfig {
         extra: format!(
             r#"
@@ -44,7 +44,7 @@ async fn post_update(app: &TestApp, body: &str, secret: Option<&str>) -> reqwest
     request.send().await.unwrap()
 }
 
-async fn wait_for_messages(telegram: &FakeTelegram, n: usize) -> Vec<(String, Value)> {
+async fn wait_for_messages(telegram: &FakeApi, n: usize) -> Vec<(String, Value)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let sent = telegram.sent_messages();
@@ -61,7 +61,7 @@ async fn wait_for_messages(telegram: &FakeTelegram, n: usize) -> Vec<(String, Va
 
 #[tokio::test]
 async fn the_sample_update_is_answered_in_its_forum_topic() {
-    let telegram = FakeTelegram::start().await;
+    let telegram = FakeApi::start().await;
     let app = spawn(&telegram).await;
     let response = post_update(&app, SAMPLE, Some(TELEGRAM_SECRET)).await;
     assert_eq!(response.status(), 200);
@@ -95,7 +95,7 @@ async fn the_sample_update_is_answered_in_its_forum_topic() {
 
 #[tokio::test]
 async fn a_wrong_or_missing_secret_token_is_refused_and_enqueues_nothing() {
-    let telegram = FakeTelegram::start().await;
+    let telegram = FakeApi::start().await;
     let app = spawn(&telegram).await;
     assert_eq!(
         post_update(&app, SAMPLE, Some("mc_tg_secret-0002"))
@@ -110,7 +110,7 @@ async fn a_wrong_or_missing_secret_token_is_refused_and_enqueues_nothing() {
 
 #[tokio::test]
 async fn a_redelivered_update_and_bot_messages_create_nothing() {
-    let telegram = FakeTelegram::start().await;
+    let telegram = FakeApi::start().await;
     let app = spawn(&telegram).await;
     assert_eq!(
         post_update(&app, SAMPLE, Some(TELEGRAM_SECRET))
@@ -140,7 +140,7 @@ async fn a_redelivered_update_and_bot_messages_create_nothing() {
 
 #[tokio::test]
 async fn a_rate_limit_waits_as_asked_without_using_up_attempts() {
-    let telegram = FakeTelegram::start().await;
+    let telegram = FakeApi::start().await;
     for _ in 0..3 {
         telegram.script(
             429,
@@ -177,7 +177,7 @@ async fn a_rate_limit_waits_as_asked_without_using_up_attempts() {
 
 #[tokio::test]
 async fn a_chat_that_is_gone_makes_the_delivery_dead_at_once() {
-    let telegram = FakeTelegram::start().await;
+    let telegram = FakeApi::start().await;
     telegram.script(
         400,
         json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
