@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
-    channels::{self, Channel},
+    channels::{self, Channel, pacing::Pacer},
     config::{ConnectorSettings, Settings},
     dedup::DedupCache,
     providers::{health::Health, router::Router},
@@ -33,6 +33,7 @@ pub struct Deployment {
     pub store: Store,
     pub connectors: HashMap<String, Connector>,
     pub router: Router,
+    pub pacer: Pacer,
     pub dedup: Option<DedupCache>,
 }
 
@@ -79,12 +80,18 @@ impl Deployment {
             settings.redis.timeout.0,
         );
         let router = Router::new(&settings, &model_http, health);
+        let pacer = Pacer::new(
+            redis.clone(),
+            &settings.redis.key_prefix,
+            settings.redis.timeout.0,
+        );
         let dedup = redis.map(|connection| DedupCache::new(&settings.redis, connection));
         Ok(Arc::new(Self {
             settings,
             store,
             connectors,
             router,
+            pacer,
             dedup,
         }))
     }

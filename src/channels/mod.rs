@@ -11,6 +11,7 @@
 
 pub mod custom;
 pub mod format;
+pub mod pacing;
 pub mod slack;
 pub mod standard_webhooks;
 pub mod telegram;
@@ -246,6 +247,12 @@ pub trait Channel: Send + Sync {
 
     /// Sends one part of a reply.
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> BoxFuture<'a, Result<(), SendError>>;
+
+    /// The platform's outbound limits this send must respect (per conversation,
+    /// per bot account); the delivery worker waits for them, shared through Redis.
+    fn pacing(&self, _target: &ReplyTarget) -> Vec<pacing::Pace> {
+        Vec::new()
+    }
 
     /// Shows that an answer is being written, where the platform can (best effort).
     fn typing<'a>(&'a self, _target: &'a ReplyTarget) -> BoxFuture<'a, ()> {

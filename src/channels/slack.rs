@@ -30,8 +30,9 @@ use sha2::Sha256;
 
 use super::{
     Attachment, Channel, Inbound, InboundError, InboundMessage, InboundRequest, OutboundMessage,
-    SendError,
+    ReplyTarget, SendError,
     format::{char_len, render_parts, slack_mrkdwn},
+    pacing::Pace,
 };
 use crate::config::{ChannelKind, ConnectorSettings};
 
@@ -347,6 +348,14 @@ impl Channel for SlackChannel {
 
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> BoxFuture<'a, Result<(), SendError>> {
         self.post_message(message).boxed()
+    }
+
+    /// `chat.postMessage` allows about one message a second per channel.
+    fn pacing(&self, target: &ReplyTarget) -> Vec<Pace> {
+        vec![Pace::new(
+            format!("slack:{}:{}", self.api_base_url, target.conversation_id),
+            Duration::from_secs(1),
+        )]
     }
 }
 

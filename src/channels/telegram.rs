@@ -26,6 +26,7 @@ use super::{
     Attachment, Channel, Inbound, InboundError, InboundMessage, InboundRequest, OutboundMessage,
     ReplyTarget, SendError, constant_time_eq,
     format::{render_parts, telegram_html, utf16_len},
+    pacing::Pace,
 };
 use crate::config::{ChannelKind, ConnectorSettings};
 
@@ -361,6 +362,22 @@ impl Channel for TelegramChannel {
             &message.target,
         );
         async move { self.call("sendMessage", body).await }.boxed()
+    }
+
+    /// About one message a second per chat and thirty a second per bot.
+    fn pacing(&self, target: &ReplyTarget) -> Vec<Pace> {
+        let bot = self
+            .bot_token
+            .as_ref()
+            .and_then(|t| t.expose_secret().split(':').next().map(str::to_owned))
+            .unwrap_or_default();
+        vec![
+            Pace::new(
+                format!("telegram:{bot}:chat:{}", target.conversation_id),
+                Duration::from_secs(1),
+            ),
+            Pace::new(format!("telegram:{bot}"), Duration::from_millis(34)),
+        ]
     }
 
     fn typing<'a>(&'a self, target: &'a ReplyTarget) -> BoxFuture<'a, ()> {

@@ -46,6 +46,8 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
                 text: row.text.clone(),
                 trace_id: row.trace_id.clone(),
             };
+            let paces = connector.channel.pacing(&message.target);
+            deployment.pacer.wait_turn(&paces).await;
             connector.channel.send(&message).await
         }
         None => Err(SendError::Permanent {

@@ -7,6 +7,7 @@ mod dev;
 mod fakes;
 mod helpers;
 mod ordering;
+mod pacing;
 mod pipeline;
 mod receiver;
 mod router;
