@@ -535,6 +535,8 @@ pub enum ChannelKind {
     Telegram,
     /// Slack Events API in, `chat.postMessage` out.
     Slack,
+    /// WhatsApp Cloud API: Meta webhooks in, Graph `/messages` out.
+    Whatsapp,
 }
 
 impl ChannelKind {
@@ -543,6 +545,7 @@ impl ChannelKind {
             ChannelKind::Custom => "custom",
             ChannelKind::Telegram => "telegram",
             ChannelKind::Slack => "slack",
+            ChannelKind::Whatsapp => "whatsapp",
         }
     }
 }
@@ -555,7 +558,7 @@ pub struct ConnectorConfig {
     /// Name of the agent that answers on this connector.
     pub agent: String,
     /// Env var holding the secret inbound webhooks are signed with (custom: a
-    /// `whsec_…` secret; Slack: the app's signing secret).
+    /// `whsec_…` secret; Slack: the app's signing secret; WhatsApp: the Meta app secret).
     #[serde(default)]
     pub signing_secret_env: Option<String>,
     /// Where replies are POSTed (custom channel).
@@ -565,12 +568,16 @@ pub struct ConnectorConfig {
     /// inbound signing secret.
     #[serde(default)]
     pub callback_secret_env: Option<String>,
-    /// Env var holding the bot token (Telegram; Slack `xoxb-…`).
+    /// Env var holding the API token (Telegram bot token; Slack `xoxb-…`; WhatsApp
+    /// system-user access token).
     #[serde(default)]
     pub bot_token_env: Option<String>,
     /// Env var holding the webhook secret token given to `setWebhook` (Telegram).
     #[serde(default)]
     pub secret_token_env: Option<String>,
+    /// Env var holding the verify token of the webhook subscription handshake (WhatsApp).
+    #[serde(default)]
+    pub verify_token_env: Option<String>,
     /// The platform API's base URL (tests point it at a fake).
     #[serde(default)]
     pub api_base_url: Option<String>,
@@ -627,6 +634,7 @@ pub struct ConnectorSettings {
     pub callback_secret: Option<SecretString>,
     pub bot_token: Option<SecretString>,
     pub webhook_secret: Option<SecretString>,
+    pub verify_token: Option<SecretString>,
 }
 
 fn whsec_secret(value: &str) -> Result<(), String> {
@@ -1093,6 +1101,7 @@ impl Settings {
                 };
             let (mut signing_secret, mut callback_secret, mut bot_token, mut webhook_secret) =
                 (None, None, None, None);
+            let mut verify_token = None;
             match connector.channel {
                 ChannelKind::Custom => {
                     signing_secret = secret(
@@ -1108,6 +1117,21 @@ impl Settings {
                         whsec_secret,
                     )
                     .or_else(|| signing_secret.clone());
+                }
+                ChannelKind::Whatsapp => {
+                    signing_secret = secret(
+                        "signing_secret_env",
+                        &connector.signing_secret_env,
+                        true,
+                        non_empty,
+                    );
+                    bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);
+                    verify_token = secret(
+                        "verify_token_env",
+                        &connector.verify_token_env,
+                        true,
+                        non_empty,
+                    );
                 }
                 ChannelKind::Slack => {
                     signing_secret = secret(
@@ -1150,6 +1174,7 @@ impl Settings {
                 callback_secret,
                 bot_token,
                 webhook_secret,
+                verify_token,
             };
             if connectors.insert(connector.id.clone(), settings).is_some() {
                 problem(key("id"), format!("`{}` is declared twice", connector.id));

@@ -120,9 +120,61 @@ fn escape_slack(text: &str, out: &mut String) {
     }
 }
 
+fn no_escape(text: &str, out: &mut String) {
+    out.push_str(text);
+}
+
+fn slack_link(url: &str, label: &str, out: &mut String) {
+    out.push('<');
+    escape_slack(url, out);
+    if !label.is_empty() && label != url {
+        out.push('|');
+        out.push_str(label);
+    }
+    out.push('>');
+}
+
+fn plain_link(url: &str, label: &str, out: &mut String) {
+    if label.is_empty() || label == url {
+        out.push_str(url);
+    } else {
+        out.push_str(&format!("{label} ({url})"));
+    }
+}
+
+/// A chat dialect with `*bold*`, `_italic_`, `~strike~` and fenced code: Slack's
+/// mrkdwn and WhatsApp's formatting differ in escaping and links.
+struct Marked {
+    escape: fn(&str, &mut String),
+    link: fn(&str, &str, &mut String),
+}
+
 /// Slack mrkdwn: `*bold*`, `_italic_`, `~strike~`, code, fenced blocks, `>` quotes,
 /// `<url|label>` links; `&`, `<`, `>` escaped in text (and nothing else).
 pub fn slack_mrkdwn(markdown: &str) -> String {
+    render_marked(
+        markdown,
+        &Marked {
+            escape: escape_slack,
+            link: slack_link,
+        },
+    )
+}
+
+/// WhatsApp formatting: `*bold*`, `_italic_`, `~strike~`, fenced and inline code,
+/// `>` quotes; it has no escapes, so text goes as is and links as `label (url)`.
+pub fn whatsapp_text(markdown: &str) -> String {
+    render_marked(
+        markdown,
+        &Marked {
+            escape: no_escape,
+            link: plain_link,
+        },
+    )
+}
+
+fn render_marked(markdown: &str, dialect: &Marked) -> String {
+    let escape = dialect.escape;
     let mut out = String::with_capacity(markdown.len() + 16);
     let mut lists: Vec<Option<u64>> = Vec::new();
     let mut link: Option<(String, String)> = None;
@@ -131,7 +183,7 @@ pub fn slack_mrkdwn(markdown: &str) -> String {
         if let Some((_, label)) = link.as_mut() {
             match &event {
                 Event::Text(text) | Event::Code(text) => {
-                    escape_slack(text, label);
+                    escape(text, label);
                     continue;
                 }
                 Event::End(TagEnd::Link) | Event::End(TagEnd::Image) => {}
@@ -184,21 +236,15 @@ pub fn slack_mrkdwn(markdown: &str) -> String {
                 TagEnd::Item if !out.ends_with('\n') => out.push('\n'),
                 TagEnd::Link | TagEnd::Image => {
                     if let Some((url, label)) = link.take() {
-                        out.push('<');
-                        escape_slack(&url, &mut out);
-                        if !label.is_empty() && label != url {
-                            out.push('|');
-                            out.push_str(&label);
-                        }
-                        out.push('>');
+                        (dialect.link)(&url, &label, &mut out);
                     }
                 }
                 _ => {}
             },
-            Event::Text(text) => escape_slack(&text, &mut out),
+            Event::Text(text) => escape(&text, &mut out),
             Event::Code(code) => {
                 out.push('`');
-                escape_slack(&code, &mut out);
+                escape(&code, &mut out);
                 out.push('`');
             }
             Event::SoftBreak | Event::HardBreak => {
@@ -208,7 +254,7 @@ pub fn slack_mrkdwn(markdown: &str) -> String {
                 }
             }
             Event::Rule => out.push_str("———\n\n"),
-            Event::Html(html) | Event::InlineHtml(html) => escape_slack(&html, &mut out),
+            Event::Html(html) | Event::InlineHtml(html) => escape(&html, &mut out),
             Event::TaskListMarker(done) => out.push_str(if done { "☑ " } else { "☐ " }),
             _ => {}
         }
@@ -420,6 +466,16 @@ mod tests {
         );
         assert_eq!(slack_mrkdwn("```\nlet a = 1;\n```"), "```\nlet a = 1;\n```");
         assert_eq!(slack_mrkdwn("> quoted\n> twice"), "> quoted\n> twice");
+    }
+
+    #[test]
+    fn renders_whatsapp_text_without_escapes() {
+        assert_eq!(
+            whatsapp_text(
+                "**Order** _#4411_ & <shipped> ~~late~~ see [tracking](https://t.example/1)"
+            ),
+            "*Order* _#4411_ & <shipped> ~late~ see tracking (https://t.example/1)"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod pacing;
 pub mod slack;
 pub mod standard_webhooks;
 pub mod telegram;
+pub mod whatsapp;
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +42,8 @@ pub struct InboundRequest<'a> {
 pub enum Inbound {
     /// A message for the agent.
     Message(InboundMessage),
+    /// Several messages in one request (WhatsApp batches), each its own event.
+    Batch(Vec<InboundMessage>),
     /// A platform handshake, answered at once with this body.
     Handshake {
         content_type: &'static str,
@@ -278,6 +281,7 @@ pub fn build(
             signature_tolerance,
         )),
         ChannelKind::Telegram => Arc::new(telegram::TelegramChannel::new(connector, http.clone())),
+        ChannelKind::Whatsapp => Arc::new(whatsapp::WhatsAppChannel::new(connector, http.clone())),
         ChannelKind::Slack => Arc::new(slack::SlackChannel::new(
             connector,
             http.clone(),

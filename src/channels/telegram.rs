@@ -412,11 +412,13 @@ mod tests {
                 secret_token_env: Some("S".into()),
                 api_base_url: None,
                 bot_username: bot_username.map(str::to_owned),
+                verify_token_env: None,
             },
             signing_secret: None,
             callback_secret: None,
             bot_token: Some("123:abc".to_owned().into()),
             webhook_secret: Some("mc_tg_secret-0001".to_owned().into()),
+            verify_token: None,
         };
         crate::install_tls_provider();
         TelegramChannel::new(&settings, reqwest::Client::new())

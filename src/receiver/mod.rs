@@ -89,8 +89,9 @@ async fn hook(
         body: &body,
         now: Utc::now(),
     };
-    let message = match connector.channel.receive(&request) {
-        Ok(Inbound::Message(message)) => message,
+    let messages = match connector.channel.receive(&request) {
+        Ok(Inbound::Message(message)) => vec![message],
+        Ok(Inbound::Batch(messages)) => messages,
         Ok(Inbound::Handshake { content_type, body }) => {
             return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
         }
@@ -103,18 +104,34 @@ async fn hook(
             return Err(e.into());
         }
     };
+    // Each message of a batch is its own event, recorded in its own transaction.
+    // If one fails the answer is 503: the platform resends the batch and the
+    // messages already recorded are recognised as duplicates.
+    let mut answers = Vec::with_capacity(messages.len());
+    for message in &messages {
+        answers.push(accept(&deployment, connector, &connector_id, message).await?);
+    }
+    Ok(match answers.len() {
+        1 => Json(answers.remove(0)).into_response(),
+        _ => Json(json!({ "status": "accepted", "events": answers })).into_response(),
+    })
+}
 
+/// Records one inbound message unless it was seen before; its answer as JSON.
+async fn accept(
+    deployment: &Deployment,
+    connector: &crate::deployment::Connector,
+    connector_id: &str,
+    message: &crate::channels::InboundMessage,
+) -> Result<serde_json::Value, ReceiverError> {
     if let Some(dedup) = &deployment.dedup
-        && dedup
-            .seen(&connector_id, &message.platform_message_id)
-            .await
+        && dedup.seen(connector_id, &message.platform_message_id).await
     {
         tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound (cache)");
-        return Ok(Json(json!({ "status": "duplicate" })).into_response());
+        return Ok(json!({ "status": "duplicate" }));
     }
-
     let routing = Routing {
-        connector_id: &connector_id,
+        connector_id,
         channel: connector.channel.kind().as_str(),
         agent: connector.agent(),
     };
@@ -122,7 +139,7 @@ async fn hook(
         .store
         .record_inbound(
             &routing,
-            &message,
+            message,
             deployment.settings.worker.turn_job_attempts,
         )
         .await
@@ -132,7 +149,7 @@ async fn hook(
         })?;
     if let Some(dedup) = &deployment.dedup {
         dedup
-            .remember(&connector_id, &message.platform_message_id)
+            .remember(connector_id, &message.platform_message_id)
             .await;
     }
     Ok(match recorded {
@@ -149,17 +166,16 @@ async fn hook(
                 platform_message_id = %message.platform_message_id,
                 "inbound accepted"
             );
-            Json(json!({
+            json!({
                 "status": "accepted",
                 "event_id": event_id,
                 "session_id": session_id,
                 "trace_id": trace_id,
-            }))
-            .into_response()
+            })
         }
         Recorded::Duplicate => {
             tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound");
-            Json(json!({ "status": "duplicate" })).into_response()
+            json!({ "status": "duplicate" })
         }
     })
 }

@@ -525,7 +525,12 @@ struct ApiState {
     script: VecDeque<(u16, Value, Option<u64>)>,
 }
 
-const SEND_METHODS: &[&str] = &["/sendMessage", "/chat.postMessage"];
+const SEND_METHODS: &[&str] = &["/sendMessage", "/chat.postMessage", "/messages"];
+
+/// A message send (not a typing indicator or read receipt).
+fn is_send(path: &str, body: &Value) -> bool {
+    SEND_METHODS.iter().any(|m| path.ends_with(m)) && body.get("typing_indicator").is_none()
+}
 
 impl FakeApi {
     pub async fn start() -> Self {
@@ -569,7 +574,7 @@ impl FakeApi {
     pub fn sent_messages(&self) -> Vec<(String, Value)> {
         self.calls()
             .into_iter()
-            .filter(|(path, _)| SEND_METHODS.iter().any(|m| path.ends_with(m)))
+            .filter(|(path, body)| is_send(path, body))
             .collect()
     }
 }
@@ -582,6 +587,7 @@ async fn api_method(
 ) -> Response {
     let mut state = state.lock().unwrap();
     let path = uri.path().to_owned();
+    let send = is_send(&path, &body);
     state.calls.push((path.clone(), body));
     let authorization = headers
         .get("authorization")
@@ -589,9 +595,7 @@ async fn api_method(
         .unwrap_or_default()
         .to_owned();
     state.authorizations.push(authorization);
-    if SEND_METHODS.iter().any(|m| path.ends_with(m))
-        && let Some((status, answer, retry_after)) = state.script.pop_front()
-    {
+    if send && let Some((status, answer, retry_after)) = state.script.pop_front() {
         let status = StatusCode::from_u16(status).unwrap();
         return match retry_after {
             Some(secs) => {

@@ -25,6 +25,7 @@ pub const TELEGRAM_TOKEN: &str = "123456:test-token";
 pub const TELEGRAM_SECRET: &str = "mc_tg_secret-0001";
 pub const SLACK_SIGNING_SECRET: &str = "microclaw-test-signing-secret-0001";
 pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token";
+pub const WHATSAPP_APP_SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 pub fn postgres_base() -> String {
     std::env::var("MICROCLAW_TEST_POSTGRES")
@@ -263,6 +264,9 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_TG_SECRET" => Some(TELEGRAM_SECRET.into()),
         "TEST_SLACK_SECRET" => Some(SLACK_SIGNING_SECRET.into()),
         "TEST_SLACK_TOKEN" => Some(SLACK_BOT_TOKEN.into()),
+        "TEST_WA_SECRET" => Some(WHATSAPP_APP_SECRET.into()),
+        "TEST_WA_TOKEN" => Some("wa-access-token".into()),
+        "TEST_WA_VERIFY" => Some("microclaw-verify".into()),
         _ => None,
     }
 }

@@ -15,3 +15,4 @@ mod slack;
 mod telegram;
 mod tools;
 mod turn_faults;
+mod whatsapp;
