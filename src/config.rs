@@ -537,6 +537,8 @@ pub enum ChannelKind {
     Slack,
     /// WhatsApp Cloud API: Meta webhooks in, Graph `/messages` out.
     Whatsapp,
+    /// SMS through Twilio: form webhooks in, the Messages API out.
+    Twilio,
 }
 
 impl ChannelKind {
@@ -546,6 +548,7 @@ impl ChannelKind {
             ChannelKind::Telegram => "telegram",
             ChannelKind::Slack => "slack",
             ChannelKind::Whatsapp => "whatsapp",
+            ChannelKind::Twilio => "twilio",
         }
     }
 }
@@ -558,7 +561,8 @@ pub struct ConnectorConfig {
     /// Name of the agent that answers on this connector.
     pub agent: String,
     /// Env var holding the secret inbound webhooks are signed with (custom: a
-    /// `whsec_…` secret; Slack: the app's signing secret; WhatsApp: the Meta app secret).
+    /// `whsec_…` secret; Slack: the app's signing secret; WhatsApp: the Meta app secret;
+    /// Twilio: the account's Auth Token, which also authenticates sends).
     #[serde(default)]
     pub signing_secret_env: Option<String>,
     /// Where replies are POSTed (custom channel).
@@ -578,6 +582,12 @@ pub struct ConnectorConfig {
     /// Env var holding the verify token of the webhook subscription handshake (WhatsApp).
     #[serde(default)]
     pub verify_token_env: Option<String>,
+    /// The webhook URL exactly as configured at the platform (Twilio signs it).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The account the connector sends as (Twilio `AC…`).
+    #[serde(default)]
+    pub account_sid: Option<String>,
     /// The platform API's base URL (tests point it at a fake).
     #[serde(default)]
     pub api_base_url: Option<String>,
@@ -1117,6 +1127,23 @@ impl Settings {
                         whsec_secret,
                     )
                     .or_else(|| signing_secret.clone());
+                }
+                ChannelKind::Twilio => {
+                    signing_secret = secret(
+                        "signing_secret_env",
+                        &connector.signing_secret_env,
+                        true,
+                        non_empty,
+                    );
+                    if connector.public_url.is_none() {
+                        problem(
+                            key("public_url"),
+                            "must be the webhook URL exactly as configured in Twilio".into(),
+                        );
+                    }
+                    if connector.account_sid.is_none() {
+                        problem(key("account_sid"), "must be set (AC…)".into());
+                    }
                 }
                 ChannelKind::Whatsapp => {
                     signing_secret = secret(

@@ -262,6 +262,63 @@ fn render_marked(markdown: &str, dialect: &Marked) -> String {
     out.trim_end().to_owned()
 }
 
+/// Plain text for SMS: no markup at all; list items as lines with `- `, links as
+/// `label (url)`, code as is.
+pub fn plain_text(markdown: &str) -> String {
+    let mut out = String::with_capacity(markdown.len());
+    let mut lists: Vec<Option<u64>> = Vec::new();
+    let mut link: Option<(String, String)> = None;
+    for event in parser(markdown) {
+        if let Some((_, label)) = link.as_mut() {
+            match &event {
+                Event::Text(text) | Event::Code(text) => {
+                    label.push_str(text);
+                    continue;
+                }
+                Event::End(TagEnd::Link) | Event::End(TagEnd::Image) => {}
+                _ => continue,
+            }
+        }
+        match event {
+            Event::Start(Tag::List(start)) => lists.push(start),
+            Event::Start(Tag::Item) => {
+                out.push_str(&"  ".repeat(lists.len().saturating_sub(1)));
+                match lists.last_mut() {
+                    Some(Some(n)) => {
+                        out.push_str(&format!("{n}. "));
+                        *n += 1;
+                    }
+                    _ => out.push_str("- "),
+                }
+            }
+            Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
+                link = Some((dest_url.to_string(), String::new()));
+            }
+            Event::End(TagEnd::Link | TagEnd::Image) => {
+                if let Some((url, label)) = link.take() {
+                    plain_link(&url, &label, &mut out);
+                }
+            }
+            Event::End(TagEnd::Paragraph | TagEnd::CodeBlock | TagEnd::Heading(_)) => {
+                out.push_str("\n\n")
+            }
+            Event::End(TagEnd::Item) if !out.ends_with('\n') => out.push('\n'),
+            Event::End(TagEnd::List(_)) => {
+                lists.pop();
+                if lists.is_empty() {
+                    out.push('\n');
+                }
+            }
+            Event::Text(text) | Event::Code(text) | Event::Html(text) | Event::InlineHtml(text) => {
+                out.push_str(&text)
+            }
+            Event::SoftBreak | Event::HardBreak => out.push('\n'),
+            _ => {}
+        }
+    }
+    out.trim_end().to_owned()
+}
+
 /// Length in Unicode characters.
 pub fn char_len(text: &str) -> usize {
     text.chars().count()
@@ -475,6 +532,16 @@ mod tests {
                 "**Order** _#4411_ & <shipped> ~~late~~ see [tracking](https://t.example/1)"
             ),
             "*Order* _#4411_ & <shipped> ~late~ see tracking (https://t.example/1)"
+        );
+    }
+
+    #[test]
+    fn renders_plain_text_for_sms() {
+        assert_eq!(
+            plain_text(
+                "# Part\n\n**Shipped** on _Monday_: see [tracking](https://t.example/1)\n\n- box\n- `label`"
+            ),
+            "Part\n\nShipped on Monday: see tracking (https://t.example/1)\n\n- box\n- label"
         );
     }
 

@@ -15,6 +15,7 @@ pub mod pacing;
 pub mod slack;
 pub mod standard_webhooks;
 pub mod telegram;
+pub mod twilio;
 pub mod whatsapp;
 
 use std::{sync::Arc, time::Duration};
@@ -251,6 +252,12 @@ pub trait Channel: Send + Sync {
     /// Sends one part of a reply.
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> BoxFuture<'a, Result<(), SendError>>;
 
+    /// The body every 2xx answer carries, when the platform expects one (Twilio:
+    /// TwiML); None answers JSON.
+    fn acknowledgement(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
+
     /// The platform's outbound limits this send must respect (per conversation,
     /// per bot account); the delivery worker waits for them, shared through Redis.
     fn pacing(&self, _target: &ReplyTarget) -> Vec<pacing::Pace> {
@@ -261,6 +268,39 @@ pub trait Channel: Send + Sync {
     fn typing<'a>(&'a self, _target: &'a ReplyTarget) -> BoxFuture<'a, ()> {
         futures::future::ready(()).boxed()
     }
+}
+
+/// Decodes `application/x-www-form-urlencoded` bytes (a form body or a query
+/// string) into name/value pairs, in order.
+pub fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    fn decode(part: &[u8]) -> String {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let mut out = Vec::with_capacity(part.len());
+        let mut i = 0;
+        while i < part.len() {
+            match part[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < part.len() => match (hex(part[i + 1]), hex(part[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push(high * 16 + low);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                byte => out.push(byte),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    bytes
+        .split(|b| *b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(eq) => (decode(&pair[..eq]), decode(&pair[eq + 1..])),
+            None => (decode(pair), String::new()),
+        })
+        .collect()
 }
 
 /// Compares secrets without revealing, through timing, where they differ.
@@ -281,6 +321,7 @@ pub fn build(
             signature_tolerance,
         )),
         ChannelKind::Telegram => Arc::new(telegram::TelegramChannel::new(connector, http.clone())),
+        ChannelKind::Twilio => Arc::new(twilio::TwilioChannel::new(connector, http.clone())),
         ChannelKind::Whatsapp => Arc::new(whatsapp::WhatsAppChannel::new(connector, http.clone())),
         ChannelKind::Slack => Arc::new(slack::SlackChannel::new(
             connector,
@@ -324,6 +365,22 @@ mod tests {
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
         headers.insert("retry-after", "-1".parse().unwrap());
         assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn forms_are_decoded() {
+        assert_eq!(
+            form_pairs(b"a=1&hub.challenge=11%2022&b=x+y&c&d=%F0%9F%93%B7&e=%zz"),
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("hub.challenge".to_owned(), "11 22".to_owned()),
+                ("b".to_owned(), "x y".to_owned()),
+                ("c".to_owned(), String::new()),
+                ("d".to_owned(), "📷".to_owned()),
+                ("e".to_owned(), "%zz".to_owned()),
+            ]
+        );
+        assert_eq!(form_pairs(b"x=%4"), [("x".to_owned(), "%4".to_owned())]);
     }
 
     #[test]

@@ -413,6 +413,8 @@ mod tests {
                 api_base_url: None,
                 bot_username: bot_username.map(str::to_owned),
                 verify_token_env: None,
+                public_url: None,
+                account_sid: None,
             },
             signing_secret: None,
             callback_secret: None,

@@ -97,6 +97,9 @@ async fn hook(
         }
         Ok(Inbound::Ignored { reason }) => {
             tracing::debug!(connector = %connector_id, reason, "inbound ignored");
+            if let Some((content_type, body)) = connector.channel.acknowledgement() {
+                return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+            }
             return Ok(Json(json!({ "status": "ignored", "reason": reason })).into_response());
         }
         Err(e) => {
@@ -110,6 +113,9 @@ async fn hook(
     let mut answers = Vec::with_capacity(messages.len());
     for message in &messages {
         answers.push(accept(&deployment, connector, &connector_id, message).await?);
+    }
+    if let Some((content_type, body)) = connector.channel.acknowledgement() {
+        return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
     }
     Ok(match answers.len() {
         1 => Json(answers.remove(0)).into_response(),

@@ -358,7 +358,8 @@ fn user_message(event: &PendingEvent, vision: bool) -> Message {
             (Some(url), true) => parts.push(Part::Image { url: url.clone() }),
             _ => parts.push(Part::Text {
                 text: format!(
-                    "[attachment: {} ({}){}]",
+                    "{}[attachment: {} ({}){}]",
+                    if parts.is_empty() { "" } else { "\n" },
                     attachment.name.as_deref().unwrap_or("unnamed"),
                     attachment.content_type.as_deref().unwrap_or("unknown type"),
                     attachment

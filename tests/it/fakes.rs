@@ -525,7 +525,12 @@ struct ApiState {
     script: VecDeque<(u16, Value, Option<u64>)>,
 }
 
-const SEND_METHODS: &[&str] = &["/sendMessage", "/chat.postMessage", "/messages"];
+const SEND_METHODS: &[&str] = &[
+    "/sendMessage",
+    "/chat.postMessage",
+    "/messages",
+    "/Messages.json",
+];
 
 /// A message send (not a typing indicator or read receipt).
 fn is_send(path: &str, body: &Value) -> bool {
@@ -583,8 +588,17 @@ async fn api_method(
     State(state): State<Arc<Mutex<ApiState>>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    raw: Bytes,
 ) -> Response {
+    // JSON APIs, or a form (Twilio) as an object of its fields.
+    let body: Value = serde_json::from_slice(&raw).unwrap_or_else(|_| {
+        Value::Object(
+            microclaw::channels::form_pairs(&raw)
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        )
+    });
     let mut state = state.lock().unwrap();
     let path = uri.path().to_owned();
     let send = is_send(&path, &body);

@@ -26,6 +26,7 @@ pub const TELEGRAM_SECRET: &str = "mc_tg_secret-0001";
 pub const SLACK_SIGNING_SECRET: &str = "microclaw-test-signing-secret-0001";
 pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token";
 pub const WHATSAPP_APP_SECRET: &str = "0123456789abcdef0123456789abcdef";
+pub const TWILIO_AUTH_TOKEN: &str = "microclaw_test_auth_token_00001";
 
 pub fn postgres_base() -> String {
     std::env::var("MICROCLAW_TEST_POSTGRES")
@@ -267,6 +268,7 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_WA_SECRET" => Some(WHATSAPP_APP_SECRET.into()),
         "TEST_WA_TOKEN" => Some("wa-access-token".into()),
         "TEST_WA_VERIFY" => Some("microclaw-verify".into()),
+        "TEST_TWILIO_TOKEN" => Some(TWILIO_AUTH_TOKEN.into()),
         _ => None,
     }
 }

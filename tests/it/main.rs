@@ -15,4 +15,5 @@ mod slack;
 mod telegram;
 mod tools;
 mod turn_faults;
+mod twilio;
 mod whatsapp;
