@@ -88,8 +88,13 @@ impl TwilioChannel {
                 "connector has no public_url or auth token".into(),
             ));
         };
-        let expected = signature(token.expose_secret(), url, params);
-        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        // Twilio is inconsistent about explicit default ports; its own validator
+        // accepts the URL with and without them, and so does this one.
+        let matches = url_variants(url).iter().any(|candidate| {
+            let expected = signature(token.expose_secret(), candidate, params);
+            constant_time_eq(presented.as_bytes(), expected.as_bytes())
+        });
+        if !matches {
             return Err(InboundError::BadSignature(
                 "X-Twilio-Signature does not match".into(),
             ));
@@ -208,6 +213,24 @@ impl TwilioChannel {
     }
 }
 
+/// The URL as configured, and the same URL with its default port added or removed.
+fn url_variants(url: &str) -> Vec<String> {
+    let mut variants = vec![url.to_owned()];
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        let Some(rest) = url.strip_prefix(scheme) else {
+            continue;
+        };
+        let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (host, tail) = rest.split_at(host_end);
+        match host.strip_suffix(port) {
+            Some(bare) => variants.push(format!("{scheme}{bare}{tail}")),
+            None if !host.contains(':') => variants.push(format!("{scheme}{host}{port}{tail}")),
+            None => {}
+        }
+    }
+    variants
+}
+
 fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
@@ -296,6 +319,22 @@ mod tests {
         assert_eq!(m.text, "Here's the photo of the broken part 📷");
         assert_eq!(m.attachments.len(), 1);
         assert_eq!(m.attachments[0].content_type.as_deref(), Some("image/jpeg"));
+    }
+
+    #[test]
+    fn default_ports_are_accepted_both_ways() {
+        assert_eq!(
+            url_variants("https://h.example/sms?x=1"),
+            ["https://h.example/sms?x=1", "https://h.example:443/sms?x=1"]
+        );
+        assert_eq!(
+            url_variants("https://h.example:443/sms"),
+            ["https://h.example:443/sms", "https://h.example/sms"]
+        );
+        assert_eq!(
+            url_variants("http://h.example:8080/sms"),
+            ["http://h.example:8080/sms"]
+        );
     }
 
     #[test]
