@@ -814,6 +814,12 @@ impl Settings {
                 "must not exceed worker.recovery_window, or a dead worker's session stays locked after its turn is recovered".into(),
             );
         }
+        if raw.worker.shutdown_grace.0 * 4 >= raw.worker.recovery_window.0 * 3 {
+            problem(
+                "worker.shutdown_grace".into(),
+                "must be below three quarters of worker.recovery_window: a draining worker stops heartbeating, and its jobs would be taken for a dead worker's".into(),
+            );
+        }
         if raw.worker.session_lease.0 < Duration::from_secs(1) {
             problem("worker.session_lease".into(), "must be at least 1s".into());
         }

@@ -71,6 +71,35 @@ pub struct InboundMessage {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+impl InboundMessage {
+    /// The message with NUL characters removed from every text field (the store
+    /// cannot hold them; a platform retry would fail the same way forever).
+    pub fn without_nul(&self) -> InboundMessage {
+        let clean = |s: &str| crate::store::without_nul(s).into_owned();
+        let clean_opt = |s: &Option<String>| s.as_deref().map(clean);
+        InboundMessage {
+            platform_message_id: clean(&self.platform_message_id),
+            sender_id: clean(&self.sender_id),
+            sender_name: clean_opt(&self.sender_name),
+            conversation_id: clean(&self.conversation_id),
+            thread_id: clean_opt(&self.thread_id),
+            is_group: self.is_group,
+            text: clean(&self.text),
+            attachments: self
+                .attachments
+                .iter()
+                .map(|a| Attachment {
+                    url: clean_opt(&a.url),
+                    content_type: clean_opt(&a.content_type),
+                    name: clean_opt(&a.name),
+                    size: a.size,
+                })
+                .collect(),
+            sent_at: self.sent_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub url: Option<String>,
@@ -216,11 +245,19 @@ impl SendError {
     }
 }
 
+/// A wait a remote side asked for, in seconds: None unless finite, non-negative
+/// and at most a day (anything longer is a broken value, not a plan).
+pub fn seconds(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(24 * 3600))
+}
+
 /// Reads a `Retry-After` header given in seconds (possibly fractional) or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let date = DateTime::parse_from_rfc2822(value).ok()?;
     (date.with_timezone(&Utc) - now).to_std().ok()
@@ -364,6 +401,14 @@ mod tests {
         );
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
         headers.insert("retry-after", "-1".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert("retry-after", "99999999999999999999".parse().unwrap());
+        assert_eq!(
+            retry_after(&headers, now),
+            None,
+            "absurd values are ignored, never a panic"
+        );
+        headers.insert("retry-after", "NaN".parse().unwrap());
         assert_eq!(retry_after(&headers, now), None);
     }
 

@@ -155,8 +155,8 @@ impl SlackChannel {
         let sent: i64 = timestamp.trim().parse().map_err(|_| {
             InboundError::BadSignature("X-Slack-Request-Timestamp is not a number".into())
         })?;
-        let skew = request.now.timestamp() - sent;
-        if skew.unsigned_abs() > self.tolerance.as_secs() {
+        let skew = request.now.timestamp().saturating_sub(sent);
+        if request.now.timestamp().abs_diff(sent) > self.tolerance.as_secs() {
             return Err(InboundError::StaleTimestamp(format!(
                 "X-Slack-Request-Timestamp is {skew}s away from now"
             )));

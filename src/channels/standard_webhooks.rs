@@ -80,9 +80,9 @@ impl SigningKey {
             .trim()
             .parse()
             .map_err(|_| VerifyError::MalformedHeader("webhook-timestamp"))?;
-        if (now_unix - timestamp).abs() > tolerance_secs {
+        if now_unix.abs_diff(timestamp) > tolerance_secs.unsigned_abs() {
             return Err(VerifyError::TimestampOutOfTolerance {
-                skew_secs: now_unix - timestamp,
+                skew_secs: now_unix.saturating_sub(timestamp),
             });
         }
         let mut saw_v1 = false;

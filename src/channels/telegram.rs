@@ -289,7 +289,7 @@ fn classify(status: u16, answer: &Value, text: &str) -> SendError {
             status: Some(code),
             retry_after: answer["parameters"]["retry_after"]
                 .as_f64()
-                .map(Duration::from_secs_f64),
+                .and_then(super::seconds),
         },
         400..=499 => SendError::Permanent {
             reason,

@@ -116,8 +116,13 @@ pub fn retry_after_headers(
     millis
         .iter()
         .find_map(read)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| seconds.iter().find_map(read).map(Duration::from_secs_f64))
+        .and_then(|ms| crate::channels::seconds(ms / 1000.0))
+        .or_else(|| {
+            seconds
+                .iter()
+                .find_map(read)
+                .and_then(crate::channels::seconds)
+        })
 }
 
 /// One model API.

@@ -413,7 +413,7 @@ fn go_duration(text: &str) -> Option<Duration> {
         total += value * seconds;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    crate::channels::seconds(total)
 }
 
 #[cfg(test)]
@@ -427,6 +427,7 @@ mod tests {
         assert_eq!(go_duration("12ms"), Some(Duration::from_millis(12)));
         assert_eq!(go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
         assert_eq!(go_duration("soon"), None);
+        assert_eq!(go_duration("9999999999999999h"), None, "never a panic");
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
         h.insert("x-ratelimit-reset-requests", "1.5s".parse().unwrap());

@@ -232,10 +232,14 @@ impl Store {
     /// The status of an inbound event and the assistant message of the turn that
     /// answered it; None for an unknown event.
     pub async fn event_reply(&self, event_id: Uuid) -> Result<Option<EventReply>, StoreError> {
+        // The turn's final answer: its last assistant message without tool parts.
         const SQL: &str = "SELECT e.status, m.content AS reply
                              FROM inbound_events e
                              LEFT JOIN messages m ON m.turn_id = e.turn_id AND m.role = 'assistant'
-                            WHERE e.id = $1";
+                                                 AND m.parts IS NULL
+                            WHERE e.id = $1
+                            ORDER BY m.id DESC
+                            LIMIT 1";
         Ok(match self {
             Store::Postgres(pool) => {
                 sqlx::query_as(SQL)

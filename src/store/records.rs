@@ -195,9 +195,11 @@ impl AttemptOutcome<'_> {
     pub fn attempt_fields(&self) -> (&'static str, Option<i32>, Option<String>) {
         match self {
             AttemptOutcome::Delivered => ("delivered", None, None),
-            AttemptOutcome::RetryAfter(e, _) | AttemptOutcome::Dead(e, _) => {
-                (e.class(), e.status().map(i32::from), Some(e.to_string()))
-            }
+            AttemptOutcome::RetryAfter(e, _) | AttemptOutcome::Dead(e, _) => (
+                e.class(),
+                e.status().map(i32::from),
+                Some(without_nul(&e.to_string()).into_owned()),
+            ),
         }
     }
 }
@@ -223,4 +225,25 @@ pub struct EventReply {
     /// pending | answered | failed
     pub status: String,
     pub reply: Option<String>,
+}
+
+/// Text as Postgres can store it: TEXT and JSONB refuse NUL characters, which a
+/// platform, a model or an error body may still send. Applied to everything
+/// written from outside input, so a stray NUL never turns into a write that
+/// fails on every retry.
+pub fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "").into()
+    } else {
+        text.into()
+    }
+}
+
+/// Message parts with every NUL removed (JSONB refuses `\u0000` too).
+pub fn without_nul_parts(parts: &[crate::providers::Part]) -> Vec<crate::providers::Part> {
+    let json = serde_json::to_string(parts).unwrap_or_default();
+    if !json.contains("\\u0000") {
+        return parts.to_vec();
+    }
+    serde_json::from_str(&json.replace("\\u0000", "")).unwrap_or_default()
 }

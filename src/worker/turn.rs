@@ -66,10 +66,6 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
     let deployment = &context.deployment;
     let store = &deployment.store;
     let ttl = deployment.settings.worker.session_lease.0;
-    if store.event_is_settled(job.inbound_event_id).await? {
-        tracing::debug!("event already answered");
-        return Ok(());
-    }
     let my_prefix = format!("{}@", job.inbound_event_id);
     let owner = format!("{my_prefix}{}", context.worker_id);
     let lease = loop {
@@ -80,10 +76,9 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
         match state.lease_owner {
             Some(holder) if holder.starts_with(&my_prefix) => {
                 // An earlier run of this very job holds the lease: its worker died
-                // (or is slow). Wait for that lease to expire, unless it finishes.
-                if store.event_is_settled(job.inbound_event_id).await? {
-                    return Ok(());
-                }
+                // (or is slow). It may have been answering events folded in after
+                // this job's own, so even when this job's event is answered, wait
+                // for that lease to expire and drain the session.
                 let remaining =
                     Duration::from_millis(state.remaining_ms.unwrap_or(0).max(0) as u64);
                 tracing::info!(
@@ -94,6 +89,10 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
             }
             Some(holder) => {
                 tracing::debug!(%holder, "session busy; its lease holder answers this event");
+                return Ok(());
+            }
+            None if store.event_is_settled(job.inbound_event_id).await? => {
+                // Released in between by a holder that answered everything.
                 return Ok(());
             }
             None => {}

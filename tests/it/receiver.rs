@@ -164,3 +164,22 @@ crate::on_both_backends!(
     readiness_reports_a_reachable_database,
     verified_events_of_other_types_are_acknowledged_and_ignored,
 );
+
+async fn a_nul_character_is_dropped_not_retried_forever(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
+    let response = app
+        .post_message(&TestMessage::direct("nul1", "nia", "nia:a\u{0}b"))
+        .await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let replies = app
+        .wait_for_replies(1, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(replies[0].event.data.text, "answer to [nia:ab]");
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_nul_character_is_dropped_not_retried_forever);

@@ -195,3 +195,53 @@ crate::on_both_backends!(
     a_model_that_keeps_failing_gets_the_user_the_apology,
     a_turn_whose_lease_was_taken_over_writes_nothing,
 );
+
+#[tokio::test]
+async fn folded_messages_are_answered_when_the_worker_dies_in_the_folded_turn() {
+    let mut app = TestApp::spawn(TestConfig::default()).await;
+    app.model.set_delay(Duration::from_millis(1000));
+    let mut worker = app.spawn_binary(&["worker"], None);
+
+    let first_call = app.model.call_started.notified();
+    app.post_message(&TestMessage::direct("w1", "wes", "wes:1"))
+        .await;
+    tokio::time::timeout(Duration::from_secs(30), first_call)
+        .await
+        .expect("the worker process calls the model");
+    // Arrive during the first turn: the holder of the lease folds them into a second.
+    let second_call = app.model.call_started.notified();
+    app.post_message(&TestMessage::direct("w2", "wes", "wes:2"))
+        .await;
+    app.post_message(&TestMessage::direct("w3", "wes", "wes:3"))
+        .await;
+    tokio::time::timeout(Duration::from_secs(30), second_call)
+        .await
+        .expect("the folded turn starts");
+    worker.kill().await.unwrap();
+
+    app.model.set_delay(Duration::from_millis(50));
+    app.start_worker();
+    let replies = app.wait_for_replies(2, Duration::from_secs(40)).await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(app.platform.replies().len(), 2, "{replies:?}");
+    let mut answered: Vec<Vec<String>> = app
+        .platform
+        .replies()
+        .into_iter()
+        .map(|r| r.event.data.in_reply_to)
+        .collect();
+    answered.sort();
+    assert_eq!(
+        answered,
+        [
+            vec!["w1".to_owned()],
+            vec!["w2".to_owned(), "w3".to_owned()]
+        ]
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM inbound_events WHERE status = 'answered'")
+            .await,
+        3
+    );
+    app.stop().await;
+}

@@ -17,7 +17,7 @@ use sqlx::{PgPool, postgres::types::PgInterval};
 use super::sessions::enqueue_delivery;
 use crate::store::{
     StoreError,
-    records::{AttemptOutcome, DeliveryRow},
+    records::{AttemptOutcome, DeliveryRow, without_nul},
 };
 use microclaw_jobs::DeliveryJob;
 
@@ -113,7 +113,7 @@ pub async fn finish_attempt(
                 microseconds: wait.as_micros() as i64,
             })
             .bind(e.class())
-            .bind(e.to_string())
+            .bind(without_nul(&e.to_string()).into_owned())
             .execute(&mut *tx)
             .await?;
             let next = DeliveryJob::new(job.delivery_id, job.attempt + 1, job.trace_id.clone());
@@ -128,7 +128,7 @@ pub async fn finish_attempt(
             )
             .bind(job.delivery_id)
             .bind(reason.error_class())
-            .bind(e.to_string())
+            .bind(without_nul(&e.to_string()).into_owned())
             .execute(&mut *tx)
             .await?;
         }

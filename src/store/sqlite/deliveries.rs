@@ -5,7 +5,7 @@ use sqlx::SqlitePool;
 use super::{begin_write, enqueue};
 use crate::store::{
     StoreError,
-    records::{AttemptOutcome, DeliveryRow},
+    records::{AttemptOutcome, DeliveryRow, without_nul},
 };
 use microclaw_jobs::DeliveryJob;
 
@@ -100,7 +100,7 @@ pub async fn finish_attempt(
             .bind(job.delivery_id)
             .bind(next_at)
             .bind(e.class())
-            .bind(e.to_string())
+            .bind(without_nul(&e.to_string()).into_owned())
             .execute(&mut *tx)
             .await?;
             let next = DeliveryJob::new(job.delivery_id, job.attempt + 1, job.trace_id.clone());
@@ -122,7 +122,7 @@ pub async fn finish_attempt(
             )
             .bind(job.delivery_id)
             .bind(reason.error_class())
-            .bind(e.to_string())
+            .bind(without_nul(&e.to_string()).into_owned())
             .execute(&mut *tx)
             .await?;
         }

@@ -13,7 +13,7 @@ use crate::store::{
     StoreError,
     records::{
         HistoryMessage, Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit,
-        TurnRecord,
+        TurnRecord, without_nul, without_nul_parts,
     },
 };
 use microclaw_jobs::DeliveryJob;
@@ -191,7 +191,7 @@ pub async fn commit_turn(
     .bind(last.seq)
     .bind(turn.status())
     .bind(turn.model)
-    .bind(turn.error)
+    .bind(turn.error.map(without_nul))
     .bind(turn.model_attempts as i32)
     .bind(turn.trace_id)
     .bind(turn.started_at)
@@ -204,7 +204,7 @@ pub async fn commit_turn(
         )
         .bind(session_id)
         .bind(turn.turn_id)
-        .bind(&event.text)
+        .bind(without_nul(&event.text))
         .bind(event.id)
         .bind(&event.sender_name)
         .execute(&mut *tx)
@@ -232,7 +232,7 @@ pub async fn commit_turn(
         .bind(&call.model)
         .bind(&call.key_id)
         .bind(&call.outcome)
-        .bind(&call.error)
+        .bind(call.error.as_deref().map(without_nul))
         .bind(call.latency_ms)
         .bind(call.input_tokens)
         .bind(call.output_tokens)
@@ -249,9 +249,9 @@ pub async fn commit_turn(
         .bind(session_id)
         .bind(turn.turn_id)
         .bind(step.role.as_str())
-        .bind(step.joined_text())
+        .bind(without_nul(&step.joined_text()).into_owned())
         .bind(turn.model)
-        .bind(sqlx::types::Json(&step.parts))
+        .bind(sqlx::types::Json(without_nul_parts(&step.parts)))
         .execute(&mut *tx)
         .await?;
     }
@@ -261,7 +261,7 @@ pub async fn commit_turn(
     )
     .bind(session_id)
     .bind(turn.turn_id)
-    .bind(turn.reply)
+    .bind(without_nul(turn.reply))
     .bind(turn.model)
     .execute(&mut *tx)
     .await?;
@@ -291,7 +291,7 @@ pub async fn commit_turn(
             .bind(&planned.channel)
             .bind(sqlx::types::Json(&planned.target))
             .bind(index as i32 + 1)
-            .bind(text)
+            .bind(without_nul(text))
             .bind(turn.delivery_max_attempts as i32)
             .bind(turn.trace_id)
             .execute(&mut *tx)
