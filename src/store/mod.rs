@@ -319,6 +319,7 @@ pub(crate) fn queue_task<J: Job>(
 }
 
 /// Queue attempts of a delivery job: one per delivery attempt, retries are
-/// scheduled by the delivery worker with their own waits. A second queue attempt
-/// only happens when a worker died mid-send.
-pub(crate) const DELIVERY_JOB_ATTEMPTS: usize = 3;
+/// scheduled by the delivery worker with their own waits. More queue attempts only
+/// happen when a worker died mid-send or the store failed (with backoff, see
+/// `worker::back_off`).
+pub(crate) const DELIVERY_JOB_ATTEMPTS: usize = 8;

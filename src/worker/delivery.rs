@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use apalis::prelude::{AbortError, BoxDynError, Data};
+use apalis::prelude::{AbortError, Attempt, BoxDynError, Data};
 use microclaw_jobs::{DeliveryJob, Job};
 use tracing::Instrument;
 
@@ -20,7 +20,11 @@ use crate::{
     store::{AttemptOutcome, DeadReason},
 };
 
-pub async fn run(job: DeliveryJob, deployment: Data<Arc<Deployment>>) -> Result<(), BoxDynError> {
+pub async fn run(
+    job: DeliveryJob,
+    deployment: Data<Arc<Deployment>>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
     let span = tracing::info_span!(
         "delivery",
@@ -28,7 +32,12 @@ pub async fn run(job: DeliveryJob, deployment: Data<Arc<Deployment>>) -> Result<
         delivery_id = %job.delivery_id,
         attempt = job.attempt
     );
-    deliver(&deployment, &job).instrument(span).await
+    let result = deliver(&deployment, &job).instrument(span).await;
+    if let Err(e) = &result {
+        tracing::error!(trace_id = %job.trace_id, delivery_id = %job.delivery_id, error = %e, "delivery job failed; the queue retries it");
+        super::back_off(attempt.current()).await;
+    }
+    result
 }
 
 async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {

@@ -33,6 +33,16 @@ fn heartbeat(recovery_window: Duration) -> Duration {
 }
 const MISSED_HEARTBEATS: usize = 3;
 
+/// The wait before a job that failed on infrastructure (a database error) is
+/// handed back to the queue, which re-fetches failed jobs at once: 0.5 s doubling
+/// per attempt, at most 30 s, so a database hiccup is ridden out instead of
+/// burning every attempt in a second.
+pub async fn back_off(attempt: usize) {
+    let exponent = attempt.saturating_sub(1).min(6) as u32;
+    let wait = Duration::from_millis(500 * 2u64.pow(exponent)).min(Duration::from_secs(30));
+    tokio::time::sleep(wait).await;
+}
+
 /// A name for this worker process, unique across restarts and replicas.
 pub fn worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());

@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use apalis::prelude::{AbortError, BoxDynError, Data};
+use apalis::prelude::{AbortError, Attempt, BoxDynError, Data};
 use chrono::Utc;
 use microclaw_jobs::{Job, TurnJob};
 use tracing::Instrument;
@@ -46,7 +46,11 @@ pub struct TurnContext {
 /// Events answered together at most, in collect mode.
 const COLLECT_LIMIT: i64 = 100;
 
-pub async fn run(job: TurnJob, context: Data<TurnContext>) -> Result<(), BoxDynError> {
+pub async fn run(
+    job: TurnJob,
+    context: Data<TurnContext>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
     let span = tracing::info_span!("turn", trace_id = %job.trace_id, session_id = %job.session_id);
     async move {
@@ -54,6 +58,7 @@ pub async fn run(job: TurnJob, context: Data<TurnContext>) -> Result<(), BoxDynE
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, "turn job failed; the queue retries it");
+                super::back_off(attempt.current()).await;
                 Err(e.into())
             }
         }

@@ -285,11 +285,29 @@ async fn answer(fake: FakeModel, wire: Wire, api_key: String, body: Value) -> Re
         });
         (state.calls.len() - 1, state.delay, fault, tool_call)
     };
+    // Counts the call out even when the caller goes away mid-call (a killed
+    // worker), so a later call is not reported as an overlap.
+    struct InFlight {
+        state: Arc<Mutex<ModelState>>,
+        session_tag: String,
+    }
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            let mut state = self.state.lock().unwrap();
+            if let Some(count) = state.in_flight.get_mut(&self.session_tag) {
+                *count -= 1;
+            }
+            state.in_flight_total -= 1;
+        }
+    }
+    let guard = InFlight {
+        state: fake.state.clone(),
+        session_tag: session_tag.clone(),
+    };
     fake.call_started.notify_waiters();
     tokio::time::sleep(delay).await;
+    drop(guard);
     let mut state = fake.state.lock().unwrap();
-    *state.in_flight.get_mut(&session_tag).unwrap() -= 1;
-    state.in_flight_total -= 1;
     state.calls[index].finished = Some(Instant::now());
     if let Some(fault) = fault {
         let (status, retry_after, openai_code, anthropic_type, message) = match fault {

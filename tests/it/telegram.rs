@@ -199,3 +199,83 @@ async fn a_chat_that_is_gone_makes_the_delivery_dead_at_once() {
     );
     app.stop().await;
 }
+
+/// A private update whose answer (the fake model echoes the question) is long
+/// enough to be sent in several parts.
+fn long_update(update_id: u32) -> String {
+    let words: String = (0..2000).map(|i| format!("w{i} ")).collect();
+    format!(
+        r#"{{"update_id":{update_id},"message":{{"message_id":9,"from":{{"id":21,"is_bot":false,"first_name":"Lin"}},"chat":{{"id":21,"type":"private"}},"text":"{}"}}}}"#,
+        words.trim_end()
+    )
+}
+
+#[tokio::test]
+async fn a_long_reply_arrives_in_parts_in_order() {
+    let telegram = FakeApi::start().await;
+    let app = spawn(&telegram).await;
+    assert_eq!(
+        post_update(&app, &long_update(903), Some(TELEGRAM_SECRET))
+            .await
+            .status(),
+        200
+    );
+    app.wait_until("SELECT count(*) FROM turns", 1, Duration::from_secs(20))
+        .await;
+    let parts = app.count("SELECT count(*) FROM deliveries").await;
+    assert!(parts >= 3, "{parts} parts");
+    app.wait_until(
+        "SELECT count(*) FROM deliveries WHERE status <> 'delivered'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let sent = telegram.sent_messages();
+    assert_eq!(sent.len() as i64, parts);
+    let texts: Vec<&str> = sent
+        .iter()
+        .map(|(_, b)| b["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.iter().all(|t| t.encode_utf16().count() <= 4096));
+    assert!(texts[0].starts_with("answer to [w0 "), "part 1 first");
+    assert!(
+        texts.last().unwrap().ends_with("w1999]"),
+        "the last part last"
+    );
+    let words = texts.join(" ");
+    let order: Vec<usize> = ["w10 ", "w900 ", "w1900 "]
+        .iter()
+        .map(|w| words.find(w).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|p| p[0] < p[1]), "parts in order");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn when_a_part_is_dead_the_later_parts_wait_in_the_admin_queue() {
+    let telegram = FakeApi::start().await;
+    telegram.script(403, json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}));
+    let app = spawn(&telegram).await;
+    post_update(&app, &long_update(904), Some(TELEGRAM_SECRET)).await;
+    app.wait_until(
+        "SELECT count(*) FROM deliveries WHERE status = 'dead'",
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        app.strings("SELECT part || ':' || error_class FROM deliveries ORDER BY part")
+            .await,
+        [
+            "1:permanent",
+            "2:earlier_part_failed",
+            "3:earlier_part_failed"
+        ]
+    );
+    assert_eq!(
+        telegram.sent_messages().len(),
+        1,
+        "later parts were not sent without the first"
+    );
+    app.stop().await;
+}

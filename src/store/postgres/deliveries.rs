@@ -8,6 +8,10 @@
 //! transaction, either marks the delivery delivered or dead, or queues the next
 //! attempt with its wait, so a crash never loses or doubles the schedule.
 //!
+//! Parts of one reply go out in order: only the first part's job is queued with
+//! the turn; each delivered part queues the next, and a dead part takes the later
+//! ones to the admin queue with it (`earlier_part_failed`).
+//!
 //! The one window that remains is a crash after the platform accepted a send and
 //! before its outcome is committed: that attempt is rerun, and the platform sees
 //! the same `webhook-id`/delivery id again (at-least-once; receivers deduplicate).
@@ -98,6 +102,20 @@ pub async fn finish_attempt(
             .bind(job.delivery_id)
             .execute(&mut *tx)
             .await?;
+            // The next part of the same reply goes out only now, so parts arrive in order.
+            let next: Option<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT n.id FROM deliveries d
+                   JOIN deliveries n ON n.turn_id = d.turn_id AND n.connector_id = d.connector_id
+                                    AND n.part = d.part + 1 AND n.status = 'pending' AND n.attempts = 0
+                  WHERE d.id = $1",
+            )
+            .bind(job.delivery_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(next) = next {
+                let next = DeliveryJob::new(next, 1, job.trace_id.clone());
+                enqueue_delivery(&mut tx, &next, None).await?;
+            }
         }
         AttemptOutcome::RetryAfter(e, wait) => {
             sqlx::query(
@@ -129,6 +147,20 @@ pub async fn finish_attempt(
             .bind(job.delivery_id)
             .bind(reason.error_class())
             .bind(without_nul(&e.to_string()).into_owned())
+            .execute(&mut *tx)
+            .await?;
+            // Later parts of the reply would arrive without this one: they go to the
+            // admin queue with it, to be retried in order.
+            sqlx::query(
+                "UPDATE deliveries n
+                    SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
+                        error_class = 'earlier_part_failed',
+                        last_error = 'part ' || d.part || ' of this reply could not be delivered'
+                   FROM deliveries d
+                  WHERE d.id = $1 AND n.turn_id = d.turn_id AND n.connector_id = d.connector_id
+                    AND n.part > d.part AND n.status = 'pending'",
+            )
+            .bind(job.delivery_id)
             .execute(&mut *tx)
             .await?;
         }

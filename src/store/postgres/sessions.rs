@@ -330,8 +330,12 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
             .bind(turn.trace_id)
             .execute(&mut *tx)
             .await?;
-            let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
-            enqueue_delivery(&mut tx, &job, None).await?;
+            // Parts go out one after the other: the next part's job is queued
+            // when this one is delivered (see `deliveries::finish_attempt`).
+            if index == 0 {
+                let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
+                enqueue_delivery(&mut tx, &job, None).await?;
+            }
         }
     }
     tx.commit().await?;

@@ -88,6 +88,26 @@ pub async fn finish_attempt(
             .bind(job.delivery_id)
             .execute(&mut *tx)
             .await?;
+            let next: Option<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT n.id FROM deliveries d
+                   JOIN deliveries n ON n.turn_id = d.turn_id AND n.connector_id = d.connector_id
+                                    AND n.part = d.part + 1 AND n.status = 'pending' AND n.attempts = 0
+                  WHERE d.id = ?1",
+            )
+            .bind(job.delivery_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(next) = next {
+                let next = DeliveryJob::new(next, 1, job.trace_id.clone());
+                enqueue(
+                    &mut tx,
+                    &next,
+                    next.idempotency_key(),
+                    crate::store::DELIVERY_JOB_ATTEMPTS,
+                    None,
+                )
+                .await?;
+            }
         }
         AttemptOutcome::RetryAfter(e, wait) => {
             let next_at = chrono::Utc::now()
@@ -123,6 +143,20 @@ pub async fn finish_attempt(
             .bind(job.delivery_id)
             .bind(reason.error_class())
             .bind(without_nul(&e.to_string()).into_owned())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE deliveries
+                    SET status = 'dead', dead_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                        next_attempt_at = NULL, error_class = 'earlier_part_failed',
+                        last_error = 'part ' || (SELECT part FROM deliveries WHERE id = ?1)
+                                     || ' of this reply could not be delivered'
+                  WHERE turn_id = (SELECT turn_id FROM deliveries WHERE id = ?1)
+                    AND connector_id = (SELECT connector_id FROM deliveries WHERE id = ?1)
+                    AND part > (SELECT part FROM deliveries WHERE id = ?1)
+                    AND status = 'pending'",
+            )
+            .bind(job.delivery_id)
             .execute(&mut *tx)
             .await?;
         }

@@ -296,15 +296,18 @@ pub async fn commit_turn(
             .bind(turn.trace_id)
             .execute(&mut *tx)
             .await?;
-            let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
-            enqueue(
-                &mut tx,
-                &job,
-                job.idempotency_key(),
-                crate::store::DELIVERY_JOB_ATTEMPTS,
-                None,
-            )
-            .await?;
+            // Parts go out one after the other (see `deliveries::finish_attempt`).
+            if index == 0 {
+                let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
+                enqueue(
+                    &mut tx,
+                    &job,
+                    job.idempotency_key(),
+                    crate::store::DELIVERY_JOB_ATTEMPTS,
+                    None,
+                )
+                .await?;
+            }
         }
     }
     tx.commit().await?;
