@@ -221,12 +221,26 @@ async fn folded_messages_are_answered_when_the_worker_dies_in_the_folded_turn() 
 
     app.model.set_delay(Duration::from_millis(50));
     app.start_worker();
-    let replies = app.wait_for_replies(2, Duration::from_secs(40)).await;
+    app.wait_until(
+        "SELECT count(*) FROM inbound_events WHERE status = 'answered'",
+        3,
+        Duration::from_secs(40),
+    )
+    .await;
+    app.wait_until(
+        "SELECT count(*) FROM deliveries WHERE status <> 'delivered'",
+        0,
+        Duration::from_secs(20),
+    )
+    .await;
     app.drain(Duration::from_secs(10)).await;
-    assert_eq!(app.platform.replies().len(), 2, "{replies:?}");
-    let mut answered: Vec<Vec<String>> = app
-        .platform
-        .replies()
+    // The killed worker may have sent turn 1's reply without recording it; that
+    // send is repeated with the same webhook-id (at-least-once delivery, deduped
+    // by the receiving side). Distinct replies are what the person sees.
+    let mut replies = app.platform.replies();
+    replies.sort_by(|a, b| a.webhook_id.cmp(&b.webhook_id));
+    replies.dedup_by(|a, b| a.webhook_id == b.webhook_id);
+    let mut answered: Vec<Vec<String>> = replies
         .into_iter()
         .map(|r| r.event.data.in_reply_to)
         .collect();
@@ -239,9 +253,9 @@ async fn folded_messages_are_answered_when_the_worker_dies_in_the_folded_turn() 
         ]
     );
     assert_eq!(
-        app.count("SELECT count(*) FROM inbound_events WHERE status = 'answered'")
-            .await,
-        3
+        app.count("SELECT count(*) FROM turns").await,
+        2,
+        "one turn per batch"
     );
     app.stop().await;
 }
