@@ -589,5 +589,20 @@ impl TestApp {
             trigger.trigger();
             handle.await.unwrap().unwrap();
         }
+        if self.db.backend == Backend::Postgres {
+            if let TestPool::Postgres(pool) = &self.pool {
+                pool.close().await;
+            }
+            // Best effort: a test's database is dropped when it ends.
+            if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.db.name
+                )))
+                .execute(&admin)
+                .await;
+                admin.close().await;
+            }
+        }
     }
 }
