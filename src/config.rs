@@ -647,6 +647,18 @@ pub struct ConnectorSettings {
     pub verify_token: Option<SecretString>,
 }
 
+impl ConnectorSettings {
+    /// The platform API's base URL: `api_base_url` when set, else `default`.
+    pub fn api_base_url(&self, default: &str) -> String {
+        self.config
+            .api_base_url
+            .as_deref()
+            .unwrap_or(default)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
 fn whsec_secret(value: &str) -> Result<(), String> {
     crate::channels::standard_webhooks::SigningKey::parse(value)
         .map(|_| ())
@@ -1115,74 +1127,67 @@ impl Settings {
                     }
                     None => None,
                 };
-            let (mut signing_secret, mut callback_secret, mut bot_token, mut webhook_secret) =
-                (None, None, None, None);
-            let mut verify_token = None;
-            match connector.channel {
-                ChannelKind::Custom => {
-                    signing_secret = secret(
-                        "signing_secret_env",
-                        &connector.signing_secret_env,
-                        true,
-                        whsec_secret,
-                    );
-                    callback_secret = secret(
-                        "callback_secret_env",
-                        &connector.callback_secret_env,
-                        false,
-                        whsec_secret,
-                    )
-                    .or_else(|| signing_secret.clone());
+            use ChannelKind::*;
+            let kind = connector.channel;
+            // Which secrets each channel needs, and how each is checked.
+            let signing_secret = match kind {
+                Custom => secret(
+                    "signing_secret_env",
+                    &connector.signing_secret_env,
+                    true,
+                    whsec_secret,
+                ),
+                Slack | Whatsapp | Twilio => secret(
+                    "signing_secret_env",
+                    &connector.signing_secret_env,
+                    true,
+                    non_empty,
+                ),
+                Telegram => None,
+            };
+            let callback_secret = match kind {
+                Custom => secret(
+                    "callback_secret_env",
+                    &connector.callback_secret_env,
+                    false,
+                    whsec_secret,
+                )
+                .or_else(|| signing_secret.clone()),
+                _ => None,
+            };
+            let bot_token = match kind {
+                Slack | Whatsapp | Telegram => {
+                    secret("bot_token_env", &connector.bot_token_env, true, non_empty)
                 }
-                ChannelKind::Twilio => {
-                    signing_secret = secret(
-                        "signing_secret_env",
-                        &connector.signing_secret_env,
-                        true,
-                        non_empty,
-                    );
-                    if connector.public_url.is_none() {
-                        problem(
-                            key("public_url"),
-                            "must be the webhook URL exactly as configured in Twilio".into(),
-                        );
-                    }
-                    if connector.account_sid.is_none() {
-                        problem(key("account_sid"), "must be set (AC…)".into());
-                    }
-                }
-                ChannelKind::Whatsapp => {
-                    signing_secret = secret(
-                        "signing_secret_env",
-                        &connector.signing_secret_env,
-                        true,
-                        non_empty,
-                    );
-                    bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);
-                    verify_token = secret(
-                        "verify_token_env",
-                        &connector.verify_token_env,
-                        true,
-                        non_empty,
+                Custom | Twilio => None,
+            };
+            let webhook_secret = match kind {
+                Telegram => secret(
+                    "secret_token_env",
+                    &connector.secret_token_env,
+                    true,
+                    telegram_secret_token,
+                ),
+                _ => None,
+            };
+            let verify_token = match kind {
+                Whatsapp => secret(
+                    "verify_token_env",
+                    &connector.verify_token_env,
+                    true,
+                    non_empty,
+                ),
+                _ => None,
+            };
+            if kind == Twilio {
+                if connector.public_url.is_none() {
+                    problem(
+                        key("public_url"),
+                        "must be the webhook URL exactly as configured in Twilio".into(),
                     );
                 }
-                ChannelKind::Slack => {
-                    signing_secret = secret(
-                        "signing_secret_env",
-                        &connector.signing_secret_env,
-                        true,
-                        non_empty,
-                    );
-                    bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);
-                }
-                ChannelKind::Telegram => {
-                    bot_token = secret("bot_token_env", &connector.bot_token_env, true, non_empty);
-                    webhook_secret = secret(
-                        "secret_token_env",
-                        &connector.secret_token_env,
-                        true,
-                        telegram_secret_token,
-                    );
+                if connector.account_sid.is_none() {
+                    problem(key("account_sid"), "must be set (AC…)".into());
                 }
             }
             if let Some(url) = &connector.api_base_url
@@ -1191,8 +1196,8 @@ impl Settings {
             {
                 problem(key("api_base_url"), "must be an http(s) URL".into());
             }
-            match (&connector.channel, &connector.callback_url) {
-                (ChannelKind::Custom, None) => problem(
+            match (kind, &connector.callback_url) {
+                (Custom, None) => problem(
                     key("callback_url"),
                     "must be set for the custom channel".into(),
                 ),
@@ -1281,6 +1286,7 @@ mod tests {
         let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
         for expected in [
             "worker.session_lease",
+            "worker.shutdown_grace",
             "models.main.model",
             "models.main.api_key_env",
             "models.main.timeout",

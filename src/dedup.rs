@@ -71,11 +71,10 @@ impl DedupCache {
         let key = self.key(connector_id, platform_message_id);
         let mut connection = self.connection.clone();
         let write = connection.set_ex::<_, _, ()>(&key, 1u8, self.ttl_secs);
-        if let Ok(Err(e)) | Err(e) = tokio::time::timeout(self.timeout, write)
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
-        {
-            tracing::debug!(error = %e, "could not write the dedup cache");
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not write the dedup cache"),
+            Err(_) => tracing::debug!("writing the dedup cache timed out"),
         }
     }
 }

@@ -15,11 +15,7 @@
 //! (`/dev/v1/replies`, signature checked); `GET /dev/v1/events/{id}/reply` (bearer:
 //! the dev secret) waits for the reply to one message, which is how `send` prints it.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -215,10 +211,6 @@ pub fn read_info(data_dir: &Path) -> anyhow::Result<DevInfo> {
         )
     })?;
     Ok(serde_json::from_str(&text)?)
-}
-
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from("microclaw-data")
 }
 
 #[derive(Clone)]

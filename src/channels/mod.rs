@@ -72,9 +72,34 @@ pub struct InboundMessage {
 }
 
 impl InboundMessage {
+    fn has_nul(&self) -> bool {
+        let nul = |s: &str| s.contains('\0');
+        let nul_opt = |s: &Option<String>| s.as_deref().is_some_and(nul);
+        nul(&self.platform_message_id)
+            || nul(&self.sender_id)
+            || nul_opt(&self.sender_name)
+            || nul(&self.conversation_id)
+            || nul_opt(&self.thread_id)
+            || nul(&self.text)
+            || self
+                .attachments
+                .iter()
+                .any(|a| nul_opt(&a.url) || nul_opt(&a.content_type) || nul_opt(&a.name))
+    }
+
+    /// The message as the store can hold it: borrowed as is, or a copy without
+    /// NUL characters when it has any.
+    pub fn storable(&self) -> std::borrow::Cow<'_, InboundMessage> {
+        if self.has_nul() {
+            std::borrow::Cow::Owned(self.without_nul())
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
     /// The message with NUL characters removed from every text field (the store
     /// cannot hold them; a platform retry would fail the same way forever).
-    pub fn without_nul(&self) -> InboundMessage {
+    fn without_nul(&self) -> InboundMessage {
         let clean = |s: &str| crate::store::without_nul(s).into_owned();
         let clean_opt = |s: &Option<String>| s.as_deref().map(clean);
         InboundMessage {

@@ -128,13 +128,7 @@ pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
 impl SlackChannel {
     pub fn new(connector: &ConnectorSettings, http: reqwest::Client, tolerance: Duration) -> Self {
         Self {
-            api_base_url: connector
-                .config
-                .api_base_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            api_base_url: connector.api_base_url(DEFAULT_API_BASE_URL),
             signing_secret: connector.signing_secret.clone(),
             bot_token: connector.bot_token.clone(),
             tolerance,

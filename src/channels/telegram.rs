@@ -112,13 +112,7 @@ struct Document {
 impl TelegramChannel {
     pub fn new(connector: &ConnectorSettings, http: reqwest::Client) -> Self {
         Self {
-            api_base_url: connector
-                .config
-                .api_base_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            api_base_url: connector.api_base_url(DEFAULT_API_BASE_URL),
             bot_token: connector.bot_token.clone(),
             webhook_secret: connector.webhook_secret.clone(),
             bot_username: connector

@@ -59,13 +59,7 @@ pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> St
 impl TwilioChannel {
     pub fn new(connector: &ConnectorSettings, http: reqwest::Client) -> Self {
         Self {
-            api_base_url: connector
-                .config
-                .api_base_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            api_base_url: connector.api_base_url(DEFAULT_API_BASE_URL),
             public_url: connector.config.public_url.clone(),
             account_sid: connector.config.account_sid.clone(),
             auth_token: connector.signing_secret.clone(),

@@ -147,13 +147,7 @@ pub fn signature(app_secret: &str, body: &[u8]) -> String {
 impl WhatsAppChannel {
     pub fn new(connector: &ConnectorSettings, http: reqwest::Client) -> Self {
         Self {
-            api_base_url: connector
-                .config
-                .api_base_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            api_base_url: connector.api_base_url(DEFAULT_API_BASE_URL),
             app_secret: connector.signing_secret.clone(),
             verify_token: connector.verify_token.clone(),
             access_token: connector.bot_token.clone(),

@@ -141,7 +141,7 @@ async fn accept(
         channel: connector.channel.kind().as_str(),
         agent: connector.agent(),
     };
-    let message = &message.without_nul();
+    let message = &*message.storable();
     let recorded = deployment
         .store
         .record_inbound(

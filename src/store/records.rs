@@ -48,7 +48,6 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseState {
     pub lease_owner: Option<String>,
-    pub lease_epoch: i64,
     /// Time left on the lease, by the store's clock (None when free).
     pub remaining_ms: Option<i64>,
 }

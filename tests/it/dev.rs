@@ -260,3 +260,19 @@ async fn a_second_dev_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("another `microclaw dev` is running"));
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn send_prints_the_final_answer_of_a_turn_that_called_a_tool() {
+    let mut dev = DevInstance::new().await;
+    dev.model
+        .push_tool_call("current_time", serde_json::json!({"timezone": "UTC"}));
+    dev.start().await;
+    let (ok, printed) = dev.send("you:what time is it?").await;
+    assert!(ok, "{printed}");
+    assert!(
+        printed.starts_with("answer to"),
+        "the final answer, not the tool step: {printed:?}"
+    );
+    assert_eq!(dev.model.calls().len(), 2);
+    dev.stop().await;
+}

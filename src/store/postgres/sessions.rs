@@ -65,18 +65,16 @@ pub async fn try_acquire(
 }
 
 pub async fn lease_state(pool: &PgPool, session_id: Uuid) -> Result<LeaseState, StoreError> {
-    let (lease_owner, lease_epoch, remaining_ms): (Option<String>, i64, Option<i64>) =
-        sqlx::query_as(
-            "SELECT lease_owner, lease_epoch,
+    let (lease_owner, remaining_ms): (Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT lease_owner,
                     (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::BIGINT
                FROM sessions WHERE id = $1",
-        )
-        .bind(session_id)
-        .fetch_one(pool)
-        .await?;
+    )
+    .bind(session_id)
+    .fetch_one(pool)
+    .await?;
     Ok(LeaseState {
         lease_owner,
-        lease_epoch,
         remaining_ms,
     })
 }

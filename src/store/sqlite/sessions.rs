@@ -45,17 +45,14 @@ pub async fn try_acquire(
 }
 
 pub async fn lease_state(pool: &SqlitePool, session_id: Uuid) -> Result<LeaseState, StoreError> {
-    let (lease_owner, lease_epoch, remaining_ms): (Option<String>, i64, Option<i64>) =
-        sqlx::query_as(
-            "SELECT lease_owner, lease_epoch, lease_expires_ms - ?2 FROM sessions WHERE id = ?1",
-        )
-        .bind(session_id)
-        .bind(now_ms())
-        .fetch_one(pool)
-        .await?;
+    let (lease_owner, remaining_ms): (Option<String>, Option<i64>) =
+        sqlx::query_as("SELECT lease_owner, lease_expires_ms - ?2 FROM sessions WHERE id = ?1")
+            .bind(session_id)
+            .bind(now_ms())
+            .fetch_one(pool)
+            .await?;
     Ok(LeaseState {
         lease_owner,
-        lease_epoch,
         remaining_ms,
     })
 }
