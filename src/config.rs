@@ -128,6 +128,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub router: RouterConfig,
     #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
@@ -404,6 +408,81 @@ fn default_strategy() -> RouteStrategy {
     RouteStrategy::Failover
 }
 
+/// Layered memory: how a turn's context is assembled and how sessions are kept
+/// small (see `memory`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Shares of the context budget (the model's window minus its reply reserve,
+    /// the instructions and tools) each layer may use at most; the recent turns
+    /// get the rest.
+    pub notes_share: f64,
+    pub facts_share: f64,
+    pub recall_share: f64,
+    pub summary_share: f64,
+    /// Facts (per person) and notes (per conversation) loaded at most.
+    pub max_facts: i64,
+    /// Long-term items recalled into each turn at most.
+    pub recall_items: i64,
+    /// Compaction: when more than `compact_after` messages follow the summary,
+    /// all but the newest `keep_recent` are folded into it.
+    pub compact_after: i64,
+    pub keep_recent: i64,
+    /// In group conversations: `sender` uses each sender's own facts for their
+    /// messages; `off` uses no person's facts.
+    pub group_user_facts: GroupFacts,
+    /// Transcript messages older than this many days are deleted; 0 keeps them.
+    pub retention_days: u32,
+    /// How often each worker runs the maintenance (retention) pass.
+    pub maintenance_interval: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupFacts {
+    Sender,
+    Off,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            notes_share: 0.05,
+            facts_share: 0.1,
+            recall_share: 0.1,
+            summary_share: 0.15,
+            max_facts: 50,
+            recall_items: 5,
+            compact_after: 40,
+            keep_recent: 12,
+            group_user_facts: GroupFacts::Sender,
+            retention_days: 0,
+            maintenance_interval: Span::secs(3600),
+        }
+    }
+}
+
+/// Linking a person's accounts with one-time codes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// How long a link code is valid.
+    pub link_code_ttl: Span,
+    /// Failed code redemptions allowed per account within `link_failure_window`.
+    pub link_max_failures: u32,
+    pub link_failure_window: Span,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            link_code_ttl: Span::secs(600),
+            link_max_failures: 5,
+            link_failure_window: Span::secs(900),
+        }
+    }
+}
+
 /// Health and limits shared by every route.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -613,6 +692,8 @@ pub struct Settings {
     /// Every route by name: the `[routes]` and one single-candidate route per model.
     pub routes: BTreeMap<String, RouteConfig>,
     pub router: RouterConfig,
+    pub memory: MemoryConfig,
+    pub identity: IdentityConfig,
     pub agents: BTreeMap<String, AgentConfig>,
     pub connectors: BTreeMap<String, ConnectorSettings>,
 }
@@ -848,6 +929,60 @@ impl Settings {
             problem(
                 "worker.history_messages".into(),
                 "must not be negative".into(),
+            );
+        }
+        let memory = &raw.memory;
+        for (name, share) in [
+            ("notes_share", memory.notes_share),
+            ("facts_share", memory.facts_share),
+            ("recall_share", memory.recall_share),
+            ("summary_share", memory.summary_share),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                problem(format!("memory.{name}"), "must be between 0 and 1".into());
+            }
+        }
+        let shares =
+            memory.notes_share + memory.facts_share + memory.recall_share + memory.summary_share;
+        if shares > 0.8 {
+            problem(
+                "memory".into(),
+                format!(
+                    "the layer shares add up to {shares:.2}; keep them at most 0.8 so recent turns fit"
+                ),
+            );
+        }
+        for (name, value) in [
+            ("max_facts", memory.max_facts),
+            ("recall_items", memory.recall_items),
+            ("keep_recent", memory.keep_recent),
+        ] {
+            if value < 0 {
+                problem(format!("memory.{name}"), "must not be negative".into());
+            }
+        }
+        if memory.compact_after <= memory.keep_recent.max(1) {
+            problem(
+                "memory.compact_after".into(),
+                format!(
+                    "must be greater than memory.keep_recent ({}) and 1",
+                    memory.keep_recent
+                ),
+            );
+        }
+        if memory.maintenance_interval.0.is_zero() {
+            problem(
+                "memory.maintenance_interval".into(),
+                "must be positive".into(),
+            );
+        }
+        if raw.identity.link_code_ttl.0.is_zero() {
+            problem("identity.link_code_ttl".into(), "must be positive".into());
+        }
+        if raw.identity.link_max_failures == 0 {
+            problem(
+                "identity.link_max_failures".into(),
+                "must be positive".into(),
             );
         }
         if raw.worker.turn_job_attempts == 0 {
@@ -1232,6 +1367,8 @@ impl Settings {
             models,
             routes,
             router: raw.router,
+            memory: raw.memory,
+            identity: raw.identity,
             agents,
             connectors,
         })

@@ -11,6 +11,8 @@ pub mod dedup;
 pub mod deployment;
 pub mod dev;
 pub mod health;
+pub mod identity;
+pub mod memory;
 pub mod providers;
 pub mod receiver;
 pub mod retry;

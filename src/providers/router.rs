@@ -213,6 +213,33 @@ impl Router {
         })
     }
 
+    /// The room a turn on this route has: the smallest context window of its
+    /// candidates (so any fallback fits too) and the largest reply reserve.
+    pub fn context_budget(&self, route: &str) -> crate::memory::context::Budget {
+        let candidates: Vec<&Candidate> = self
+            .routes
+            .get(route)
+            .map(|r| {
+                r.candidates
+                    .iter()
+                    .filter_map(|c| self.candidates.get(c).map(|c| c.as_ref()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::memory::context::Budget {
+            context_window: candidates
+                .iter()
+                .map(|c| c.settings.config.context_window)
+                .min()
+                .unwrap_or(8_192),
+            reply_reserve: candidates
+                .iter()
+                .map(|c| u64::from(c.settings.config.max_tokens))
+                .max()
+                .unwrap_or(1_024),
+        }
+    }
+
     pub fn fallback_note(&self, route: &str) -> &str {
         self.routes
             .get(route)

@@ -10,6 +10,7 @@
 //! attempt's outcome and the job of the next attempt. A job therefore exists if and
 //! only if the state that needs it was committed.
 
+pub mod portable;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -21,6 +22,7 @@ use microclaw_jobs::{DeliveryJob, Job};
 use uuid::Uuid;
 
 use crate::channels::InboundMessage;
+pub use portable::LinkPolicy;
 pub use records::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,17 @@ pub enum StoreError {
     SqliteQueue(#[from] apalis_sqlite::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Calls the backend-neutral store function `module::function(pool, args…)` (see
+/// `portable`) on whichever backend this store is.
+macro_rules! portable {
+    ($store:expr, $module:ident :: $function:ident ( $($arg:expr),* $(,)? )) => {
+        match $store {
+            Store::Postgres(pool) => postgres::$module::$function(pool, $($arg),*).await,
+            Store::Sqlite(pool) => sqlite::$module::$function(pool, $($arg),*).await,
+        }
+    };
 }
 
 /// A store on one of the two backends.
@@ -160,11 +173,9 @@ impl Store {
         }
     }
 
-    pub async fn session_info(&self, session_id: Uuid) -> Result<SessionInfo, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::sessions::session_info(pool, session_id).await,
-            Store::Sqlite(pool) => sqlite::sessions::session_info(pool, session_id).await,
-        }
+    /// A session with its transcript's summary; None once it was forgotten.
+    pub async fn session_info(&self, session_id: Uuid) -> Result<Option<SessionInfo>, StoreError> {
+        portable!(self, memory::session_info(session_id))
     }
 
     /// Unanswered events after `after_seq`, in arrival order.
@@ -184,18 +195,188 @@ impl Store {
         }
     }
 
-    /// The last `limit` messages of a session, oldest first.
+    /// The newest `limit` messages of a transcript after message `after_id`,
+    /// oldest first.
     pub async fn recent_history(
         &self,
-        session_id: Uuid,
+        transcript_id: Uuid,
+        after_id: i64,
         limit: i64,
     ) -> Result<Vec<HistoryMessage>, StoreError> {
-        match self {
-            Store::Postgres(pool) => {
-                postgres::sessions::recent_history(pool, session_id, limit).await
-            }
-            Store::Sqlite(pool) => sqlite::sessions::recent_history(pool, session_id, limit).await,
-        }
+        portable!(self, memory::recent_history(transcript_id, after_id, limit))
+    }
+
+    /// The oldest `limit` messages after the summary mark, oldest first.
+    pub async fn oldest_unsummarized(
+        &self,
+        transcript_id: Uuid,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<HistoryMessage>, StoreError> {
+        portable!(
+            self,
+            memory::oldest_unsummarized(transcript_id, after_id, limit)
+        )
+    }
+
+    /// How many messages follow the summary mark, counting no further than `cap`.
+    pub async fn unsummarized_count(
+        &self,
+        transcript_id: Uuid,
+        after_id: i64,
+        cap: i64,
+    ) -> Result<i64, StoreError> {
+        portable!(
+            self,
+            memory::unsummarized_count(transcript_id, after_id, cap)
+        )
+    }
+
+    /// Stores a transcript's new summary, fenced by the session lease; false when fenced.
+    pub async fn save_summary(
+        &self,
+        lease: Lease,
+        transcript_id: Uuid,
+        summary: &str,
+        through: i64,
+    ) -> Result<bool, StoreError> {
+        portable!(
+            self,
+            memory::save_summary(lease, transcript_id, summary, through)
+        )
+    }
+
+    /// The newest `limit` facts about a person, oldest first.
+    pub async fn facts(
+        &self,
+        identity_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<MemoryItem>, StoreError> {
+        portable!(self, memory::facts(identity_id, limit))
+    }
+
+    /// The newest `limit` notes about a group conversation, oldest first.
+    pub async fn notes(
+        &self,
+        conversation_key: &str,
+        limit: i64,
+    ) -> Result<Vec<MemoryItem>, StoreError> {
+        portable!(self, memory::notes(conversation_key, limit))
+    }
+
+    /// The fact or note a handle names, within the given person and conversation.
+    pub async fn find_memory(
+        &self,
+        handle: &str,
+        identity_id: Option<Uuid>,
+        conversation_key: Option<&str>,
+    ) -> Result<Option<MemoryItem>, StoreError> {
+        portable!(
+            self,
+            memory::find_by_handle(handle, identity_id, conversation_key)
+        )
+    }
+
+    /// Facts and notes matching any search term, best first.
+    pub async fn search_memories(
+        &self,
+        terms: &[String],
+        identity_id: Option<Uuid>,
+        conversation_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<MemoryItem>, StoreError> {
+        portable!(
+            self,
+            memory::search_memories(terms, identity_id, conversation_key, limit)
+        )
+    }
+
+    /// Transcript messages before `before_id` matching any search term, best first.
+    pub async fn search_messages(
+        &self,
+        terms: &[String],
+        transcript_id: Uuid,
+        before_id: i64,
+        limit: i64,
+    ) -> Result<Vec<RecalledMessage>, StoreError> {
+        portable!(
+            self,
+            memory::search_messages(terms, transcript_id, before_id, limit)
+        )
+    }
+
+    /// Deletes transcript messages (and settled events, finished deliveries) older
+    /// than `cutoff`.
+    pub async fn purge_older_than(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PurgeReport, StoreError> {
+        portable!(self, memory::purge_older_than(cutoff))
+    }
+
+    /// The identity of an account, if it has written to us.
+    pub async fn identity_of(
+        &self,
+        connector_id: &str,
+        sender_id: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        portable!(self, identity::identity_of(connector_id, sender_id))
+    }
+
+    /// The accounts of an identity; empty for an unknown one.
+    pub async fn accounts(&self, identity_id: Uuid) -> Result<Vec<Account>, StoreError> {
+        portable!(self, identity::accounts(identity_id))
+    }
+
+    /// A fresh one-time link code for `identity_id`.
+    pub async fn create_link_code(
+        &self,
+        identity_id: Uuid,
+        account: &str,
+        policy: LinkPolicy,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        portable!(
+            self,
+            identity::create_link_code(identity_id, account, policy, now_ms)
+        )
+    }
+
+    /// Redeems a link code from an account, merging the two identities.
+    pub async fn redeem_link_code(
+        &self,
+        code: &str,
+        connector_id: &str,
+        sender_id: &str,
+        policy: LinkPolicy,
+        now_ms: i64,
+    ) -> Result<LinkOutcome, StoreError> {
+        portable!(
+            self,
+            identity::redeem_link_code(code, connector_id, sender_id, policy, now_ms)
+        )
+    }
+
+    /// Merges two identities (an operator's link); None when either is unknown.
+    pub async fn link_identities(&self, a: Uuid, b: Uuid) -> Result<Option<Uuid>, StoreError> {
+        portable!(self, identity::link(a, b))
+    }
+
+    /// Gives an account an identity of its own; None for an unknown account.
+    pub async fn unlink_account(
+        &self,
+        connector_id: &str,
+        sender_id: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        portable!(self, identity::unlink(connector_id, sender_id))
+    }
+
+    /// Deletes everything of one person; None for an unknown identity.
+    pub async fn forget_identity(
+        &self,
+        identity_id: Uuid,
+    ) -> Result<Option<ForgetReport>, StoreError> {
+        portable!(self, identity::forget(identity_id))
     }
 
     /// Commits a turn in one transaction fenced by the lease epoch.

@@ -29,12 +29,24 @@ pub enum Recorded {
 
 /// The session key: a direct conversation belongs to its sender, a group
 /// conversation to itself.
-pub fn session_key(connector_id: &str, message: &crate::channels::InboundMessage) -> String {
+pub fn session_key(
+    connector_id: &str,
+    message: &crate::channels::InboundMessage,
+    identity_id: Uuid,
+) -> String {
     if message.is_group {
-        format!("group:{connector_id}:{}", message.conversation_id)
+        format!(
+            "group:{}",
+            conversation_key(connector_id, &message.conversation_id)
+        )
     } else {
-        format!("direct:{connector_id}:{}", message.sender_id)
+        format!("direct:{identity_id}")
     }
+}
+
+/// Names a group conversation (its notes and its session): "<connector>:<conversation id>".
+pub fn conversation_key(connector_id: &str, conversation_id: &str) -> String {
+    format!("{connector_id}:{conversation_id}")
 }
 
 /// A held session lease.
@@ -76,16 +88,30 @@ pub struct PendingEvent {
     pub text: String,
     pub attachments: sqlx::types::Json<Vec<crate::channels::Attachment>>,
     pub trace_id: String,
+    /// The person who sent it (None for events recorded before identities existed).
+    pub identity_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionInfo {
     pub agent: String,
     pub processed_seq: i64,
+    pub is_group: bool,
+    /// The person of a direct session.
+    pub identity_id: Option<Uuid>,
+    /// The conversation of a group session ("<connector>:<conversation id>").
+    pub conversation_key: Option<String>,
+    /// Where the transcript lives: this session, or the one it was merged into
+    /// when two linked people's direct sessions became one.
+    pub transcript_id: Uuid,
+    /// The transcript's rolling summary of every message up to `summarized_through`.
+    pub summary: String,
+    pub summarized_through: i64,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HistoryMessage {
+    pub id: i64,
     pub role: String,
     pub content: String,
     /// The structured parts of a tool-calling message; None for plain text.
@@ -128,6 +154,10 @@ pub struct TurnRecord<'a> {
     pub deliveries: Vec<PlannedDelivery>,
     pub delivery_max_attempts: u32,
     pub lease_ttl: Duration,
+    /// The session whose transcript the messages go to ([`SessionInfo::transcript_id`]).
+    pub transcript_id: Uuid,
+    /// Memory the turn's tools wrote; committed with the turn.
+    pub memory_writes: &'a [MemoryWrite],
 }
 
 impl TurnRecord<'_> {
@@ -245,4 +275,96 @@ pub fn without_nul_parts(parts: &[crate::providers::Part]) -> Vec<crate::provide
         return parts.to_vec();
     }
     serde_json::from_str(&json.replace("\\u0000", "")).unwrap_or_default()
+}
+
+/// A change to stored memory, made by a tool during a turn and committed with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryWrite {
+    /// A fact about one person.
+    Fact {
+        identity_id: Uuid,
+        content: String,
+    },
+    /// A note about one group conversation.
+    Note {
+        conversation_key: String,
+        content: String,
+    },
+    Forget {
+        id: Uuid,
+    },
+}
+
+/// A stored fact or note.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemoryItem {
+    pub id: Uuid,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl MemoryItem {
+    /// The short handle the model uses to name an item (`forget`).
+    pub fn handle(&self) -> String {
+        self.id.simple().to_string()[24..].to_owned()
+    }
+}
+
+/// A transcript message found by a long-term search.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecalledMessage {
+    pub id: i64,
+    pub role: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One platform account of a person.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Account {
+    pub connector_id: String,
+    pub sender_id: String,
+    pub channel: String,
+    pub display_name: Option<String>,
+}
+
+impl Account {
+    /// "<connector>:<sender id>".
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.connector_id, self.sender_id)
+    }
+}
+
+/// What redeeming a link code did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// Both accounts are now one person, `identity_id`.
+    Linked { identity_id: Uuid },
+    /// The code was already redeemed by this very account (a rerun of its turn).
+    AlreadyLinked { identity_id: Uuid },
+    /// Unknown, used or expired; the failure counts towards the attempt limit.
+    Invalid,
+    /// Too many failed attempts from this account recently.
+    TooManyAttempts,
+}
+
+/// What `forget` deleted, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ForgetReport {
+    pub accounts: u64,
+    pub sessions: u64,
+    pub inbound_events: u64,
+    pub messages: u64,
+    pub turns: u64,
+    pub deliveries: u64,
+    pub memories: u64,
+    pub summaries_dropped: u64,
+}
+
+/// What a retention purge deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    pub messages: u64,
+    pub inbound_events: u64,
+    pub deliveries: u64,
 }

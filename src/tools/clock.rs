@@ -28,7 +28,11 @@ impl Tool for CurrentTime {
         }
     }
 
-    fn call<'a>(&'a self, arguments: &'a Value) -> BoxFuture<'a, Result<String, String>> {
+    fn call<'a>(
+        &'a self,
+        arguments: &'a Value,
+        _scope: &'a super::TurnScope,
+    ) -> BoxFuture<'a, Result<String, String>> {
         async move { now_in(arguments, jiff::Timestamp::now()) }.boxed()
     }
 }

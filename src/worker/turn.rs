@@ -24,15 +24,17 @@ use crate::{
     channels::ReplyTarget,
     config::TurnMode,
     deployment::Deployment,
+    identity::{self, Command},
+    memory::{self, MemoryScope, compaction, context},
     providers::{
         ChatRequest, Message, Part, Role, StopReason, ToolCall,
         router::{ModelCall, Router},
     },
     store::{
-        HistoryMessage, Lease, PendingEvent, PlannedDelivery, Release, Store, StoreError,
-        TurnCommit, TurnRecord,
+        Lease, PendingEvent, PlannedDelivery, Release, SessionInfo, Store, StoreError, TurnCommit,
+        TurnRecord,
     },
-    tools::Toolbox,
+    tools::{Toolbox, TurnScope},
 };
 
 /// What a turn job needs.
@@ -122,12 +124,15 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
         TurnMode::PerMessage => 1,
     };
     loop {
-        let session = store.session_info(lease.session_id).await?;
+        let Some(session) = store.session_info(lease.session_id).await? else {
+            tracing::info!("the session was forgotten; nothing to answer");
+            return Ok(());
+        };
         let events = store
             .pending_events(lease.session_id, session.processed_seq, limit)
             .await?;
         if !events.is_empty() {
-            let committed = answer(context, lease, &session.agent, &events).await?;
+            let committed = answer(context, lease, &session, &events).await?;
             if committed == TurnCommit::Fenced {
                 tracing::warn!(
                     "lease lost before commit; the new holder answers, this turn wrote nothing"
@@ -146,9 +151,10 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
 async fn answer(
     context: &TurnContext,
     lease: Lease,
-    agent_name: &str,
+    session: &SessionInfo,
     events: &[PendingEvent],
 ) -> Result<TurnCommit, StoreError> {
+    let agent_name = session.agent.as_str();
     let deployment = &context.deployment;
     let store = &deployment.store;
     let settings = &deployment.settings;
@@ -184,6 +190,14 @@ async fn answer(
     let route = agent
         .map(|a| a.route_for(channel, &last.connector_id))
         .filter(|route| deployment.router.has_route(route));
+    let scope = TurnScope::new(
+        store.clone(),
+        MemoryScope::of(session, events, &settings.memory),
+        session.transcript_id,
+        last,
+        identity::link_policy(&settings.identity),
+    );
+    let command = Command::parse(&last.text);
     let AgentOutcome {
         steps,
         reply,
@@ -192,6 +206,14 @@ async fn answer(
         attempts,
         calls,
     } = match (agent, route) {
+        (Some(_), Some(_)) if let Some(command) = &command => AgentOutcome {
+            steps: Vec::new(),
+            reply: command.run(&scope).await?,
+            model: None,
+            error: None,
+            attempts: 0,
+            calls: Vec::new(),
+        },
         (Some(agent), Some(route))
             if let Some(exhausted) = budget_exhausted(store, agent, last).await? =>
         {
@@ -207,22 +229,54 @@ async fn answer(
         }
         (Some(agent), Some(route)) => {
             let history = store
-                .recent_history(lease.session_id, settings.worker.history_messages)
+                .recent_history(
+                    session.transcript_id,
+                    session.summarized_through,
+                    settings.worker.history_messages,
+                )
                 .await?;
-            let mut conversation = conversation_from(&history);
+            let layers = memory::rehydrate(
+                store,
+                &settings.memory,
+                session,
+                &scope.memory,
+                events,
+                history,
+            )
+            .await?;
             let vision = deployment.router.supports_vision(route);
-            conversation.extend(events.iter().map(|e| user_message(e, vision)));
             let toolbox = Toolbox::new(&agent.tools);
+            let tools = toolbox.specs();
+            let assembled = context::assemble(
+                &agent.instructions,
+                &tools,
+                &layers,
+                events.iter().map(|e| user_message(e, vision)).collect(),
+                deployment.router.context_budget(route),
+                &settings.memory,
+            );
+            if assembled.dropped.any() {
+                tracing::info!(
+                    dropped_notes = assembled.dropped.notes,
+                    dropped_facts = assembled.dropped.facts,
+                    dropped_recalled = assembled.dropped.recalled,
+                    dropped_summary_chars = assembled.dropped.summary_chars,
+                    dropped_recent = assembled.dropped.recent,
+                    prompt_tokens = assembled.tokens,
+                    "context trimmed to fit the model's window"
+                );
+            }
             let request = ChatRequest {
-                system: (!agent.instructions.is_empty()).then(|| agent.instructions.clone()),
-                messages: conversation,
-                tools: toolbox.specs(),
+                system: (!assembled.system.is_empty()).then_some(assembled.system),
+                messages: assembled.messages,
+                tools,
                 trace_id: trace_id.clone(),
             };
             let run = run_agent(
                 &deployment.router,
                 route,
                 &toolbox,
+                &scope,
                 request,
                 &settings.worker.apology,
             );
@@ -261,6 +315,7 @@ async fn answer(
         }
     };
     let turn_id = Uuid::now_v7();
+    let memory_writes = scope.take_writes();
     let committed = store
         .commit_turn(TurnRecord {
             turn_id,
@@ -278,6 +333,8 @@ async fn answer(
             deliveries,
             delivery_max_attempts: settings.delivery.max_attempts,
             lease_ttl: settings.worker.session_lease.0,
+            transcript_id: session.transcript_id,
+            memory_writes: &memory_writes,
         })
         .await?;
     if committed == TurnCommit::Committed {
@@ -290,6 +347,21 @@ async fn answer(
             elapsed_ms = (Utc::now() - started_at).num_milliseconds(),
             "turn committed"
         );
+        if let Some(route) = route
+            && command.is_none()
+            && let Err(e) = compaction::compact_if_needed(
+                store,
+                &deployment.router,
+                route,
+                &settings.memory,
+                lease,
+                session,
+                &trace_id,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "compaction failed; the next turn tries again");
+        }
     }
     Ok(committed)
 }
@@ -381,22 +453,13 @@ fn user_message(event: &PendingEvent, vision: bool) -> Message {
     }
 }
 
-/// The stored history as a conversation the model accepts: it starts at a user
-/// message, so a window that cut a tool call from its result drops both.
-fn conversation_from(history: &[HistoryMessage]) -> Vec<Message> {
-    history
-        .iter()
-        .skip_while(|m| m.role != "user")
-        .filter_map(HistoryMessage::to_message)
-        .collect()
-}
-
 /// The agent loop: call the model; while it asks for tools (and steps remain),
 /// run them and call it again with their results.
 async fn run_agent(
     router: &Router,
     route: &str,
     toolbox: &Toolbox,
+    scope: &TurnScope,
     mut request: ChatRequest,
     apology: &str,
 ) -> AgentOutcome {
@@ -454,7 +517,7 @@ async fn run_agent(
         }
         let mut results = Vec::with_capacity(tool_calls.len());
         for call in &tool_calls {
-            let result = toolbox.run(call).await;
+            let result = toolbox.run(call, scope).await;
             tracing::info!(tool = %call.name, is_error = result.is_error, "tool called");
             results.push(Part::ToolResult(result));
         }

@@ -28,7 +28,7 @@ async fn tool_call_round_trip(provider: &'static str) {
 
     let calls = app.model.calls();
     assert_eq!(calls.len(), 2, "one call for the tool, one for the answer");
-    assert_eq!(calls[0].tools_offered, 1);
+    assert_eq!(calls[0].tools_offered, microclaw::tools::BUILTIN.len());
     assert_eq!(calls[1].tool_results.len(), 1);
     assert!(
         calls[1].tool_results[0].contains("(Asia/Tokyo,"),

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use microclaw::store::{PendingEvent, Release, TurnCommit, TurnRecord};
+use microclaw::store::{MemoryWrite, PendingEvent, Release, TurnCommit, TurnRecord};
 
 use crate::{
     fakes::ModelFault,
@@ -152,6 +152,10 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
 
     let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10).await.unwrap();
     assert_eq!(events.len(), 1);
+    let writes = [MemoryWrite::Fact {
+        identity_id: events[0].identity_id.expect("the sender has an identity"),
+        content: "prefers green tea".into(),
+    }];
     let record = |lease| TurnRecord {
         turn_id: uuid::Uuid::now_v7(),
         agent: "assistant",
@@ -168,6 +172,8 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         deliveries: Vec::new(),
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
+        transcript_id: session_id,
+        memory_writes: &writes,
     };
     assert_eq!(
         store.commit_turn(record(slow)).await.unwrap(),
@@ -175,11 +181,13 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM memories").await, 0);
     assert_eq!(
         store.commit_turn(record(fast)).await.unwrap(),
         TurnCommit::Committed
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM memories").await, 1);
     assert_eq!(
         store
             .release_lease(fast, Duration::from_secs(5))

@@ -3,8 +3,41 @@
 //! state needing them, so a job exists if and only if that state committed.
 
 pub mod deliveries;
+#[path = "../portable/identity.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod identity;
 pub mod inbound;
+#[path = "../portable/memory.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod memory;
 pub mod sessions;
+
+/// What the backend-neutral store code (`store::portable`) needs from Postgres.
+pub(crate) mod dialect {
+    use crate::store::StoreError;
+    pub use crate::store::portable::Backend;
+
+    pub type Db = sqlx::Postgres;
+    pub const BACKEND: Backend = Backend::Postgres;
+    pub const FOR_SHARE: &str = " FOR SHARE";
+    pub const FOR_UPDATE: &str = " FOR UPDATE";
+
+    pub fn sql(text: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(text.to_owned())
+    }
+
+    pub async fn begin(
+        pool: &sqlx::Pool<Db>,
+    ) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
+        Ok(pool.begin().await?)
+    }
+}
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use crate::{
     channels::InboundMessage,
     store::{
         StoreError,
-        records::{Recorded, Routing, session_key},
+        records::{Recorded, Routing, conversation_key, session_key},
     },
 };
 use microclaw_jobs::TurnJob;
@@ -25,9 +25,21 @@ pub async fn record(
     let trace_id = event_id.simple().to_string();
     let mut tx = begin_write(pool).await?;
 
+    let identity_id = super::identity::resolve_account(
+        &mut tx,
+        routing.connector_id,
+        routing.channel,
+        &message.sender_id,
+        message.sender_name.as_deref(),
+    )
+    .await?;
+    let conversation_key = message
+        .is_group
+        .then(|| conversation_key(routing.connector_id, &message.conversation_id));
     let (session_id, seq): (Uuid, i64) = sqlx::query_as(
-        "INSERT INTO sessions (id, agent, session_key, is_group, last_inbound_seq)
-         VALUES (?1, ?2, ?3, ?4, 1)
+        "INSERT INTO sessions (id, agent, session_key, is_group, last_inbound_seq, identity_id,
+                               conversation_key)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
          ON CONFLICT (agent, session_key) DO UPDATE
             SET last_inbound_seq = last_inbound_seq + 1,
                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
@@ -35,16 +47,19 @@ pub async fn record(
     )
     .bind(Uuid::now_v7())
     .bind(routing.agent)
-    .bind(session_key(routing.connector_id, message))
+    .bind(session_key(routing.connector_id, message, identity_id))
     .bind(message.is_group)
+    .bind((!message.is_group).then_some(identity_id))
+    .bind(&conversation_key)
     .fetch_one(&mut *tx)
     .await?;
 
     let inserted = sqlx::query(
         "INSERT INTO inbound_events
             (id, connector_id, channel, platform_message_id, session_id, seq, sender_id,
-             sender_name, conversation_id, thread_id, is_group, text, attachments, sent_at, trace_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             sender_name, conversation_id, thread_id, is_group, text, attachments, sent_at, trace_id,
+             identity_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (connector_id, platform_message_id) DO NOTHING",
     )
     .bind(event_id)
@@ -62,6 +77,7 @@ pub async fn record(
     .bind(sqlx::types::Json(&message.attachments))
     .bind(message.sent_at)
     .bind(&trace_id)
+    .bind(identity_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();

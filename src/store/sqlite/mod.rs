@@ -14,8 +14,44 @@
 //! times are unix milliseconds from this process's clock (one process owns the file).
 
 pub mod deliveries;
+#[path = "../portable/identity.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod identity;
 pub mod inbound;
+#[path = "../portable/memory.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod memory;
 pub mod sessions;
+
+/// What the backend-neutral store code (`store::portable`) needs from SQLite.
+pub(crate) mod dialect {
+    use crate::store::StoreError;
+    pub use crate::store::portable::Backend;
+
+    pub type Db = sqlx::Sqlite;
+    pub const BACKEND: Backend = Backend::Sqlite;
+    /// Write transactions hold the file's write lock (`BEGIN IMMEDIATE`).
+    pub const FOR_SHARE: &str = "";
+    pub const FOR_UPDATE: &str = "";
+
+    /// `$1` → `?1`: SQLite numbers `?NNN` parameters explicitly, so each keeps
+    /// its position however often and in whatever order it appears.
+    pub fn sql(text: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(text.replace('$', "?"))
+    }
+
+    pub async fn begin(
+        pool: &sqlx::Pool<Db>,
+    ) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
+        super::begin_write(pool).await
+    }
+}
 
 use std::{path::Path, str::FromStr, time::Duration};
 

@@ -12,8 +12,8 @@ use super::{begin_write, enqueue, now_ms};
 use crate::store::{
     StoreError,
     records::{
-        HistoryMessage, Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit,
-        TurnRecord, without_nul, without_nul_parts,
+        Lease, LeaseState, PendingEvent, Release, TurnCommit, TurnRecord, without_nul,
+        without_nul_parts,
     },
 };
 use microclaw_jobs::DeliveryJob;
@@ -105,15 +105,6 @@ pub async fn abandon(pool: &SqlitePool, lease: Lease) -> Result<(), StoreError> 
     Ok(())
 }
 
-pub async fn session_info(pool: &SqlitePool, session_id: Uuid) -> Result<SessionInfo, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT agent, processed_seq FROM sessions WHERE id = ?1")
-            .bind(session_id)
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
 pub async fn event_is_settled(pool: &SqlitePool, event_id: Uuid) -> Result<bool, StoreError> {
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM inbound_events WHERE id = ?1")
@@ -131,7 +122,7 @@ pub async fn pending_events(
 ) -> Result<Vec<PendingEvent>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, seq, connector_id, platform_message_id, sender_id, sender_name,
-                conversation_id, thread_id, is_group, text, attachments, trace_id
+                conversation_id, thread_id, is_group, text, attachments, trace_id, identity_id
            FROM inbound_events
           WHERE session_id = ?1 AND seq > ?2
           ORDER BY seq
@@ -142,22 +133,6 @@ pub async fn pending_events(
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-pub async fn recent_history(
-    pool: &SqlitePool,
-    session_id: Uuid,
-    limit: i64,
-) -> Result<Vec<HistoryMessage>, StoreError> {
-    let mut rows: Vec<HistoryMessage> = sqlx::query_as(
-        "SELECT role, content, parts FROM messages WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2",
-    )
-    .bind(session_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.reverse();
-    Ok(rows)
 }
 
 pub async fn commit_turn(
@@ -196,14 +171,16 @@ pub async fn commit_turn(
     .await?;
     for event in turn.events {
         sqlx::query(
-            "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name)
-             VALUES (?1, ?2, 'user', ?3, ?4, ?5)",
+            "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name,
+                                   identity_id)
+             VALUES (?1, ?2, 'user', ?3, ?4, ?5, ?6)",
         )
-        .bind(session_id)
+        .bind(turn.transcript_id)
         .bind(turn.turn_id)
         .bind(without_nul(&event.text))
         .bind(event.id)
         .bind(&event.sender_name)
+        .bind(event.identity_id)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE inbound_events SET status = ?2, turn_id = ?3 WHERE id = ?1")
@@ -243,7 +220,7 @@ pub async fn commit_turn(
             "INSERT INTO messages (session_id, turn_id, role, content, model, parts)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .bind(session_id)
+        .bind(turn.transcript_id)
         .bind(turn.turn_id)
         .bind(step.role.as_str())
         .bind(without_nul(&step.joined_text()).into_owned())
@@ -256,7 +233,7 @@ pub async fn commit_turn(
         "INSERT INTO messages (session_id, turn_id, role, content, model)
          VALUES (?1, ?2, 'assistant', ?3, ?4)",
     )
-    .bind(session_id)
+    .bind(turn.transcript_id)
     .bind(turn.turn_id)
     .bind(without_nul(turn.reply))
     .bind(turn.model)
@@ -272,6 +249,8 @@ pub async fn commit_turn(
     .bind(now_ms() + ms(turn.lease_ttl))
     .execute(&mut *tx)
     .await?;
+
+    super::memory::apply_writes(&mut tx, turn.memory_writes, turn.turn_id).await?;
 
     for planned in &turn.deliveries {
         for (index, text) in planned.parts.iter().enumerate() {

@@ -1,0 +1,365 @@
+//! Memory: what a turn reads to assemble its context and what its tools write.
+//!
+//! Written once against [`super::dialect`] and compiled for each backend (see
+//! `store::portable`); only the full-text search differs (Postgres `tsvector`,
+//! SQLite FTS5), chosen by [`super::dialect::BACKEND`].
+//!
+//! Every read here is bounded by a LIMIT on an index, so rehydrating a session
+//! costs the same whatever the length of its history: the session row (summary
+//! and mark), the newest messages after the mark, the newest facts and notes, and
+//! two ranked searches.
+
+use sqlx::Database;
+use uuid::Uuid;
+
+use super::dialect::{BACKEND, Backend, Db, sql};
+use crate::store::{
+    StoreError,
+    records::{
+        HistoryMessage, Lease, MemoryItem, MemoryWrite, PurgeReport, RecalledMessage, SessionInfo,
+        without_nul,
+    },
+};
+
+type Conn = <Db as Database>::Connection;
+
+/// A session with its transcript's summary; None once the session was forgotten.
+pub async fn session_info(
+    pool: &sqlx::Pool<Db>,
+    session_id: Uuid,
+) -> Result<Option<SessionInfo>, StoreError> {
+    Ok(sqlx::query_as(sql(
+        "SELECT s.agent, s.processed_seq, s.is_group, s.identity_id, s.conversation_key,
+                t.id AS transcript_id, t.summary, t.summarized_through
+           FROM sessions s JOIN sessions t ON t.id = COALESCE(s.merged_into, s.id)
+          WHERE s.id = $1",
+    ))
+    .bind(session_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The newest `limit` messages of a transcript after message `after_id`, oldest
+/// first. Uses the `(session_id, id DESC)` index.
+pub async fn recent_history(
+    pool: &sqlx::Pool<Db>,
+    transcript_id: Uuid,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<HistoryMessage>, StoreError> {
+    let mut rows: Vec<HistoryMessage> =
+        sqlx::query_as(sql("SELECT id, role, content, parts FROM messages
+          WHERE session_id = $1 AND id > $2 ORDER BY id DESC LIMIT $3"))
+        .bind(transcript_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The oldest `limit` messages after the summary mark, oldest first (what a
+/// compaction folds into the summary).
+pub async fn oldest_unsummarized(
+    pool: &sqlx::Pool<Db>,
+    transcript_id: Uuid,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<HistoryMessage>, StoreError> {
+    Ok(
+        sqlx::query_as(sql("SELECT id, role, content, parts FROM messages
+          WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3"))
+        .bind(transcript_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?,
+    )
+}
+
+/// How many messages follow the summary mark, counting no further than `cap`.
+pub async fn unsummarized_count(
+    pool: &sqlx::Pool<Db>,
+    transcript_id: Uuid,
+    after_id: i64,
+    cap: i64,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(sql(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = $1 AND id > $2 LIMIT $3) AS window",
+    ))
+    .bind(transcript_id)
+    .bind(after_id)
+    .bind(cap)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Stores a new summary covering every message up to `through`, fenced by the
+/// lease of `lease.session_id` (whose transcript is `transcript_id`): a worker
+/// that lost the session writes nothing. False when fenced.
+pub async fn save_summary(
+    pool: &sqlx::Pool<Db>,
+    lease: Lease,
+    transcript_id: Uuid,
+    summary: &str,
+    through: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(sql(
+        "UPDATE sessions SET summary = $3, summarized_through = $4
+          WHERE id = $1 AND summarized_through < $4
+            AND EXISTS (SELECT 1 FROM sessions l WHERE l.id = $2 AND l.lease_epoch = $5)",
+    ))
+    .bind(transcript_id)
+    .bind(lease.session_id)
+    .bind(without_nul(summary))
+    .bind(through)
+    .bind(lease.epoch)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Applies a turn's memory writes inside its commit transaction. A `Forget` only
+/// deletes within the scopes the turn may touch (checked when the tool ran).
+pub async fn apply_writes(
+    conn: &mut Conn,
+    writes: &[MemoryWrite],
+    turn_id: Uuid,
+) -> Result<(), StoreError> {
+    let now = chrono::Utc::now();
+    for write in writes {
+        let (scope, identity_id, conversation_key, content) = match write {
+            MemoryWrite::Fact {
+                identity_id,
+                content,
+            } => ("user", Some(*identity_id), None, content),
+            MemoryWrite::Note {
+                conversation_key,
+                content,
+            } => (
+                "conversation",
+                None,
+                Some(conversation_key.as_str()),
+                content,
+            ),
+            MemoryWrite::Forget { id } => {
+                sqlx::query(sql("DELETE FROM memories WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                continue;
+            }
+        };
+        sqlx::query(sql(
+            "INSERT INTO memories (id, scope, identity_id, conversation_key, content, turn_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ))
+        .bind(Uuid::now_v7())
+        .bind(scope)
+        .bind(identity_id)
+        .bind(conversation_key)
+        .bind(without_nul(content))
+        .bind(turn_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The newest `limit` facts about a person, oldest first.
+pub async fn facts(
+    pool: &sqlx::Pool<Db>,
+    identity_id: Uuid,
+    limit: i64,
+) -> Result<Vec<MemoryItem>, StoreError> {
+    let mut rows: Vec<MemoryItem> = sqlx::query_as(sql(
+        "SELECT id, content, created_at FROM memories
+          WHERE scope = 'user' AND identity_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+    ))
+    .bind(identity_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The newest `limit` notes about a group conversation, oldest first.
+pub async fn notes(
+    pool: &sqlx::Pool<Db>,
+    conversation_key: &str,
+    limit: i64,
+) -> Result<Vec<MemoryItem>, StoreError> {
+    let mut rows: Vec<MemoryItem> =
+        sqlx::query_as(sql("SELECT id, content, created_at FROM memories
+          WHERE scope = 'conversation' AND conversation_key = $1
+          ORDER BY created_at DESC, id DESC LIMIT $2"))
+        .bind(conversation_key)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The memory item a handle (the end of its id, see `MemoryItem::handle`) names,
+/// among the facts of `identity_id` and the notes of `conversation_key`.
+pub async fn find_by_handle(
+    pool: &sqlx::Pool<Db>,
+    handle: &str,
+    identity_id: Option<Uuid>,
+    conversation_key: Option<&str>,
+) -> Result<Option<MemoryItem>, StoreError> {
+    let handle = handle.trim().to_ascii_lowercase();
+    if handle.len() < 6 || !handle.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let candidates: Vec<MemoryItem> =
+        sqlx::query_as(sql("SELECT id, content, created_at FROM memories
+          WHERE (scope = 'user' AND identity_id = $1)
+             OR (scope = 'conversation' AND conversation_key = $2)"))
+        .bind(identity_id)
+        .bind(conversation_key)
+        .fetch_all(pool)
+        .await?;
+    let mut matching = candidates
+        .into_iter()
+        .filter(|item| item.id.simple().to_string().ends_with(&handle));
+    Ok(match (matching.next(), matching.next()) {
+        (Some(item), None) => Some(item),
+        _ => None,
+    })
+}
+
+/// The facts and notes most relevant to `query` (search terms, see
+/// `memory::search_terms`), best first.
+pub async fn search_memories(
+    pool: &sqlx::Pool<Db>,
+    terms: &[String],
+    identity_id: Option<Uuid>,
+    conversation_key: Option<&str>,
+    limit: i64,
+) -> Result<Vec<MemoryItem>, StoreError> {
+    let (query, statement) = match BACKEND {
+        Backend::Postgres => (
+            terms.join(" | "),
+            "SELECT id, content, created_at FROM memories
+              WHERE search @@ to_tsquery('english', $1)
+                AND ((scope = 'user' AND identity_id = $2)
+                     OR (scope = 'conversation' AND conversation_key = $3))
+              ORDER BY ts_rank(search, to_tsquery('english', $1)) DESC, created_at DESC
+              LIMIT $4",
+        ),
+        Backend::Sqlite => (
+            fts5_query(terms),
+            "SELECT m.id, m.content, m.created_at FROM memories_fts f JOIN memories m ON m.n = f.rowid
+              WHERE memories_fts MATCH $1
+                AND ((m.scope = 'user' AND m.identity_id = $2)
+                     OR (m.scope = 'conversation' AND m.conversation_key = $3))
+              ORDER BY bm25(memories_fts), m.created_at DESC
+              LIMIT $4",
+        ),
+    };
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(sql(statement))
+        .bind(query)
+        .bind(identity_id)
+        .bind(conversation_key)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Transcript messages older than `before_id` most relevant to the search terms,
+/// best first (tool steps left out).
+pub async fn search_messages(
+    pool: &sqlx::Pool<Db>,
+    terms: &[String],
+    transcript_id: Uuid,
+    before_id: i64,
+    limit: i64,
+) -> Result<Vec<RecalledMessage>, StoreError> {
+    let (query, statement) = match BACKEND {
+        Backend::Postgres => (
+            terms.join(" | "),
+            "SELECT id, role, content, created_at FROM messages
+              WHERE session_id = $2 AND id < $3 AND parts IS NULL
+                AND search @@ to_tsquery('english', $1)
+              ORDER BY ts_rank(search, to_tsquery('english', $1)) DESC, id DESC
+              LIMIT $4",
+        ),
+        Backend::Sqlite => (
+            fts5_query(terms),
+            "SELECT m.id, m.role, m.content, m.created_at FROM messages_fts f JOIN messages m ON m.id = f.rowid
+              WHERE messages_fts MATCH $1 AND m.session_id = $2 AND m.id < $3 AND m.parts IS NULL
+              ORDER BY bm25(messages_fts), m.id DESC
+              LIMIT $4",
+        ),
+    };
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(sql(statement))
+        .bind(query)
+        .bind(transcript_id)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Any of the terms, each quoted (terms are letters and digits only).
+fn fts5_query(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// Deletes transcript messages older than `cutoff`, with the settled inbound
+/// events and finished deliveries of that age. Summaries and facts stay.
+pub async fn purge_older_than(
+    pool: &sqlx::Pool<Db>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<PurgeReport, StoreError> {
+    let mut tx = super::dialect::begin(pool).await?;
+    sqlx::query(sql(
+        "DELETE FROM delivery_attempts WHERE delivery_id IN
+            (SELECT id FROM deliveries WHERE status <> 'pending' AND created_at < $1)",
+    ))
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?;
+    let deliveries = sqlx::query(sql(
+        "DELETE FROM deliveries WHERE status <> 'pending' AND created_at < $1",
+    ))
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let messages = sqlx::query(sql("DELETE FROM messages WHERE created_at < $1"))
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let inbound_events = sqlx::query(sql(
+        "DELETE FROM inbound_events WHERE status <> 'pending' AND received_at < $1
+            AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.inbound_event_id = inbound_events.id)",
+    ))
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(PurgeReport {
+        messages,
+        inbound_events,
+        deliveries,
+    })
+}
