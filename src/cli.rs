@@ -83,6 +83,17 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         wait_secs: u64,
     },
+    /// People: show, link and unlink accounts, forget someone entirely.
+    ///
+    /// PERSON is an identity id, or an account as CONNECTOR:SENDER_ID (e.g. web:alice).
+    /// Works directly on the store named by database.url.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -97,6 +108,20 @@ pub enum ConfigCommand {
     /// Exits 0 when the configuration is valid, 1 otherwise. Secrets are read from the
     /// environment as they would be at start, and never printed.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Show a person's identity id and accounts.
+    Show { person: String },
+    /// Make two people one: the older identity absorbs the younger one's accounts,
+    /// facts and direct conversations.
+    Link { person: String, other: String },
+    /// Give one account an identity of its own again (its history stays behind).
+    Unlink { account: String },
+    /// Delete everything of a person: accounts, conversations, messages, facts, and
+    /// group summaries that may contain them. Prints what was deleted.
+    Forget { person: String },
 }
 
 pub fn main() -> ExitCode {
@@ -254,6 +279,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         trigger.trigger();
     });
     match command {
+        Command::Identity { command, json } => {
+            let store = crate::store::Store::open(&settings.database).await?;
+            println!("{}", identity_command(&store, command, json).await?);
+            Ok(())
+        }
         Command::Migrate => {
             let deployment = Deployment::new(settings).await?;
             migrate(&deployment).await
@@ -287,5 +317,104 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         // Answered in `main`.
         Command::Config { .. } | Command::Dev { .. } | Command::Send { .. } => Ok(()),
+    }
+}
+
+/// An identity id, or the identity of an account given as CONNECTOR:SENDER_ID.
+async fn resolve_person(store: &crate::store::Store, person: &str) -> anyhow::Result<uuid::Uuid> {
+    if let Ok(id) = person.parse::<uuid::Uuid>() {
+        return Ok(id);
+    }
+    let (connector, sender) = split_account(person)?;
+    store
+        .identity_of(connector, sender)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no account {person}: it has never written to us"))
+}
+
+fn split_account(account: &str) -> anyhow::Result<(&str, &str)> {
+    account
+        .split_once(':')
+        .filter(|(c, s)| !c.is_empty() && !s.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{account}` is neither an identity id nor an account as CONNECTOR:SENDER_ID"
+            )
+        })
+}
+
+/// Runs an `identity` subcommand; the text (or JSON) to print.
+async fn identity_command(
+    store: &crate::store::Store,
+    command: IdentityCommand,
+    json: bool,
+) -> anyhow::Result<String> {
+    let describe = |id: uuid::Uuid, accounts: Vec<crate::store::Account>| {
+        if json {
+            serde_json::json!({"identity": id, "accounts": accounts}).to_string()
+        } else {
+            let mut out = format!("identity {id}");
+            for account in accounts {
+                out.push_str(&format!(
+                    "\n  {} ({}){}",
+                    account.key(),
+                    account.channel,
+                    account
+                        .display_name
+                        .map(|n| format!(" \"{n}\""))
+                        .unwrap_or_default()
+                ));
+            }
+            out
+        }
+    };
+    match command {
+        IdentityCommand::Show { person } => {
+            let id = resolve_person(store, &person).await?;
+            let accounts = store.accounts(id).await?;
+            anyhow::ensure!(!accounts.is_empty(), "no identity {id}");
+            Ok(describe(id, accounts))
+        }
+        IdentityCommand::Link { person, other } => {
+            let a = resolve_person(store, &person).await?;
+            let b = resolve_person(store, &other).await?;
+            let survivor = store
+                .link_identities(a, b)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no identity {a} or {b}"))?;
+            Ok(describe(survivor, store.accounts(survivor).await?))
+        }
+        IdentityCommand::Unlink { account } => {
+            let (connector, sender) = split_account(&account)?;
+            let id = store
+                .unlink_account(connector, sender)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no account {account}"))?;
+            Ok(describe(id, store.accounts(id).await?))
+        }
+        IdentityCommand::Forget { person } => {
+            let id = resolve_person(store, &person).await?;
+            let report = store
+                .forget_identity(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no identity {id}"))?;
+            Ok(if json {
+                serde_json::json!({"identity": id, "deleted": report}).to_string()
+            } else {
+                format!(
+                    "forgot identity {id}: deleted {} account(s), {} session(s), {} inbound \
+                     message(s), {} transcript message(s), {} turn(s), {} deliver(ies), {} \
+                     fact(s); dropped {} group summar(ies)",
+                    report.accounts,
+                    report.sessions,
+                    report.inbound_events,
+                    report.messages,
+                    report.turns,
+                    report.deliveries,
+                    report.memories,
+                    report.summaries_dropped
+                )
+            })
+        }
     }
 }

@@ -154,8 +154,6 @@ pub struct TurnRecord<'a> {
     pub deliveries: Vec<PlannedDelivery>,
     pub delivery_max_attempts: u32,
     pub lease_ttl: Duration,
-    /// The session whose transcript the messages go to ([`SessionInfo::transcript_id`]).
-    pub transcript_id: Uuid,
     /// Memory the turn's tools wrote; committed with the turn.
     pub memory_writes: &'a [MemoryWrite],
 }

@@ -15,6 +15,7 @@
 //! and put back on the queue at once, not left for orphan recovery.
 
 pub mod delivery;
+pub mod maintenance;
 pub mod turn;
 
 use std::{sync::Arc, time::Duration};
@@ -113,6 +114,10 @@ pub async fn run(
         deployment: deployment.clone(),
         worker_id: id.clone(),
     };
+    let maintenance = tokio::spawn(maintenance::run(
+        store.clone(),
+        deployment.settings.memory.clone(),
+    ));
     let monitor = Monitor::new();
     let monitor = register_queue!(
         monitor,
@@ -142,6 +147,7 @@ pub async fn run(
             Ok(())
         })
         .await;
+    maintenance.abort();
     let returned = store
         .return_unfinished_jobs(&[turn_name, delivery_name])
         .await?;

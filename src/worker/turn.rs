@@ -333,7 +333,6 @@ async fn answer(
             deliveries,
             delivery_max_attempts: settings.delivery.max_attempts,
             lease_ttl: settings.worker.session_lease.0,
-            transcript_id: session.transcript_id,
             memory_writes: &memory_writes,
         })
         .await?;

@@ -56,6 +56,10 @@ pub struct ModelCall {
     pub api_key: String,
     /// Every message of the request, system and history included.
     pub message_count: usize,
+    /// The system prompt (OpenAI's system message, Anthropic's `system`).
+    pub system: String,
+    /// The text of every non-system message, in order.
+    pub texts: Vec<String>,
     pub started: Instant,
     pub finished: Option<Instant>,
     pub answered: bool,
@@ -279,6 +283,20 @@ async fn answer(fake: FakeModel, wire: Wire, api_key: String, body: Value) -> Re
                 .collect(),
             api_key,
             message_count: messages.len(),
+            system: match wire {
+                Wire::OpenAi => messages
+                    .iter()
+                    .filter(|m| m["role"] == "system")
+                    .flat_map(|m| texts(&m["content"]))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Wire::Anthropic => texts(&body["system"]).join("\n"),
+            },
+            texts: messages
+                .iter()
+                .filter(|m| m["role"] != "system")
+                .flat_map(|m| texts(&m["content"]))
+                .collect(),
             started: Instant::now(),
             finished: None,
             answered: false,

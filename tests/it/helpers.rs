@@ -135,8 +135,10 @@ pub struct TestConfig {
     pub model_extra: &'static str,
     /// More lines for the `[[agents]]` table (budgets, rules).
     pub agent_extra: &'static str,
-    /// More tables appended to the configuration (models, routes).
+    /// More tables appended to the configuration (models, routes, connectors);
+    /// `@CALLBACK@` stands for the fake platform's callback URL.
     pub extra: String,
+    pub history_messages: i64,
 }
 
 impl Default for TestConfig {
@@ -158,6 +160,7 @@ impl Default for TestConfig {
             model_extra: "",
             agent_extra: "",
             extra: String::new(),
+            history_messages: 20,
         }
     }
 }
@@ -196,6 +199,7 @@ poll_interval = "200ms"
 shutdown_grace = "2s"
 turn_mode = "{mode}"
 apology = "Sorry, the model is unavailable."
+history_messages = {history_messages}
 
 [delivery]
 max_attempts = {delivery_attempts}
@@ -252,7 +256,8 @@ callback_url = "{callback}"
             agent_model = self.agent_model,
             agent_extra = self.agent_extra,
             model_extra = self.model_extra,
-            extra = self.extra,
+            extra = self.extra.replace("@CALLBACK@", &platform.callback_url),
+            history_messages = self.history_messages,
         )
     }
 }
@@ -554,6 +559,25 @@ impl TestApp {
     /// Writes this app's configuration to a file and runs the real binary on it,
     /// with `receiver.listen` set to `listen` when given.
     pub fn spawn_binary(&self, args: &[&str], listen: Option<&str>) -> tokio::process::Child {
+        self.binary(args, listen)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs the binary to completion with this app's configuration: (success, stdout, stderr).
+    pub async fn run_binary(&self, args: &[&str]) -> (bool, String, String) {
+        let output = self.binary(args, None).output().await.unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn binary(&self, args: &[&str], listen: Option<&str>) -> tokio::process::Command {
         let dir = std::env::temp_dir().join(format!("microclaw-{}", self.db.name));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4().simple()));
@@ -566,19 +590,16 @@ impl TestApp {
             None => self.config_toml.clone(),
         };
         std::fs::write(&path, config).unwrap();
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"));
+        command
             .args(args)
             .arg("--config")
             .arg(&path)
             .env_remove("DATABASE_URL")
             .env("TEST_SECRET", SECRET)
             .env("TEST_MODEL_KEY", "sk-test")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
+            .env("RUST_LOG", "warn");
+        command
     }
 
     pub async fn stop(mut self) {

@@ -6,6 +6,7 @@ mod delivery;
 mod dev;
 mod fakes;
 mod helpers;
+mod memory;
 mod ordering;
 mod pacing;
 mod pipeline;

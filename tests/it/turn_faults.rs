@@ -172,7 +172,6 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         deliveries: Vec::new(),
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
-        transcript_id: session_id,
         memory_writes: &writes,
     };
     assert_eq!(

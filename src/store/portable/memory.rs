@@ -86,7 +86,7 @@ pub async fn unsummarized_count(
     cap: i64,
 ) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(sql(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = $1 AND id > $2 LIMIT $3) AS window",
+        "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = $1 AND id > $2 LIMIT $3) AS unsummarized",
     ))
     .bind(transcript_id)
     .bind(after_id)

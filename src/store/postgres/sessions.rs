@@ -165,15 +165,18 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
         return Ok(TurnCommit::Committed);
     };
     let mut tx = pool.begin().await?;
-    let epoch: Option<i64> =
-        sqlx::query_scalar("SELECT lease_epoch FROM sessions WHERE id = $1 FOR UPDATE")
-            .bind(turn.lease.session_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if epoch != Some(turn.lease.epoch) {
+    // The transcript is looked up here, under the row lock: a merge of this
+    // session into another (linked accounts) may have happened during the turn.
+    let row: Option<(i64, Uuid)> = sqlx::query_as(
+        "SELECT lease_epoch, COALESCE(merged_into, id) FROM sessions WHERE id = $1 FOR UPDATE",
+    )
+    .bind(turn.lease.session_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((_, transcript_id)) = row.filter(|(epoch, _)| *epoch == turn.lease.epoch) else {
         tx.rollback().await?;
         return Ok(TurnCommit::Fenced);
-    }
+    };
     let session_id = turn.lease.session_id;
     sqlx::query(
         "INSERT INTO turns (id, session_id, first_seq, last_seq, status, model, error,
@@ -203,7 +206,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
                                    identity_id)
              VALUES ($1, $2, 'user', $3, $4, $5, $6)",
         )
-        .bind(turn.transcript_id)
+        .bind(transcript_id)
         .bind(turn.turn_id)
         .bind(without_nul(&event.text))
         .bind(event.id)
@@ -242,7 +245,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
             "INSERT INTO messages (session_id, turn_id, role, content, model, parts)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(turn.transcript_id)
+        .bind(transcript_id)
         .bind(turn.turn_id)
         .bind(step.role.as_str())
         .bind(without_nul(&step.joined_text()).into_owned())
@@ -255,7 +258,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
         "INSERT INTO messages (session_id, turn_id, role, content, model)
          VALUES ($1, $2, 'assistant', $3, $4)",
     )
-    .bind(turn.transcript_id)
+    .bind(transcript_id)
     .bind(turn.turn_id)
     .bind(without_nul(turn.reply))
     .bind(turn.model)

@@ -1,0 +1,506 @@
+//! Layered memory and identities, end to end: a person's accounts linked by a
+//! code, facts written by the model, recall, isolation between people, compaction
+//! and forgetting; on both store backends.
+
+use std::time::Duration;
+
+use microclaw::store::LinkOutcome;
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, TestConfig, TestMessage};
+
+/// A second custom-channel connector ("sms") beside the test's "web".
+const SMS: &str = r#"
+[[connectors]]
+id = "sms"
+channel = "custom"
+agent = "assistant"
+signing_secret_env = "TEST_SECRET"
+callback_url = "@CALLBACK@"
+"#;
+
+fn config(backend: Backend) -> TestConfig {
+    TestConfig {
+        backend,
+        extra: SMS.into(),
+        ..TestConfig::default()
+    }
+}
+
+/// Posts one message on `connector` and returns the text of the reply it got
+/// (the platform's `expected`-th reply).
+async fn say(app: &TestApp, connector: &str, message: TestMessage, expected: usize) -> String {
+    let response = app
+        .post_signed(
+            connector,
+            &message.body(),
+            &format!("wh-{}", message.id),
+            chrono::Utc::now().timestamp(),
+        )
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let replies = app
+        .wait_for_replies(expected, Duration::from_secs(20))
+        .await;
+    replies[expected - 1].event.data.text.clone()
+}
+
+fn group(id: &str, sender: &str, text: &str) -> TestMessage {
+    TestMessage {
+        conversation: "team-room".into(),
+        group: true,
+        ..TestMessage::direct(id, sender, text)
+    }
+}
+
+/// The link code in a `/link` reply.
+fn code_in(reply: &str) -> String {
+    reply
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|word| word.len() == 6)
+        .unwrap_or_else(|| panic!("no code in {reply:?}"))
+        .to_owned()
+}
+
+async fn a_linked_account_continues_the_conversation_with_its_facts(backend: Backend) {
+    let app = TestApp::spawn_with_worker(config(backend)).await;
+    app.model
+        .push_tool_call("remember", json!({"fact": "Ada's dog is called Rex"}));
+    say(
+        &app,
+        "web",
+        TestMessage::direct("m1", "ada", "ada:my dog is Rex"),
+        1,
+    )
+    .await;
+
+    let reply = say(&app, "web", TestMessage::direct("m2", "ada", "/link"), 2).await;
+    assert!(reply.starts_with("Your link code is"), "{reply}");
+    let code = code_in(&reply);
+    let reply = say(
+        &app,
+        "sms",
+        TestMessage::direct("m3", "+15550001", &format!("/link {code}")),
+        3,
+    )
+    .await;
+    assert!(reply.starts_with("Linked"), "{reply}");
+    assert_eq!(app.model.calls().len(), 2, "commands do not call the model");
+
+    say(
+        &app,
+        "sms",
+        TestMessage::direct("m4", "+15550001", "ada:what is my dog called?"),
+        4,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(
+        call.system.contains("Ada's dog is called Rex"),
+        "{}",
+        call.system
+    );
+    assert!(
+        call.texts.iter().any(|t| t == "ada:my dog is Rex"),
+        "the turns of the other account are in the context: {:?}",
+        call.texts
+    );
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(app.count("SELECT count(*) FROM identities").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 2);
+    // The reply went back where the question came from.
+    assert_eq!(
+        app.strings(
+            "SELECT d.connector_id FROM deliveries d JOIN turns t ON t.id = d.turn_id
+              ORDER BY t.finished_at DESC LIMIT 1"
+        )
+        .await,
+        ["sms"]
+    );
+    // The code is used up: a third account can't reuse it.
+    let reply = say(
+        &app,
+        "sms",
+        TestMessage::direct("m5", "+15550002", &format!("/link {code}")),
+        5,
+    )
+    .await;
+    assert!(reply.starts_with("That code isn't valid"), "{reply}");
+    app.stop().await;
+}
+
+async fn link_codes_expire_are_single_use_and_limit_attempts(backend: Backend) {
+    let app = TestApp::spawn(config(backend)).await;
+    for (id, sender) in [("a", "ada"), ("b", "bea"), ("c", "cyd")] {
+        app.post_message(&TestMessage::direct(id, sender, "hi"))
+            .await;
+    }
+    let store = &app.deployment.store;
+    let ada = store.identity_of("web", "ada").await.unwrap().unwrap();
+    let policy = microclaw::identity::link_policy(&app.deployment.settings.identity);
+    let now = 1_800_000_000_000;
+
+    // Expired.
+    let code = store
+        .create_link_code(ada, "web:ada", policy, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .redeem_link_code(&code, "web", "bea", policy, now + policy.code_ttl_ms)
+            .await
+            .unwrap(),
+        LinkOutcome::Invalid
+    );
+    // Valid: bea becomes ada's identity; the code then works for no one else,
+    // and a rerun by bea reports the link again.
+    let code = store
+        .create_link_code(ada, "web:ada", policy, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .redeem_link_code(&code, "web", "bea", policy, now + 1_000)
+            .await
+            .unwrap(),
+        LinkOutcome::Linked { identity_id: ada }
+    );
+    assert_eq!(
+        store
+            .redeem_link_code(&code, "web", "bea", policy, now + 2_000)
+            .await
+            .unwrap(),
+        LinkOutcome::AlreadyLinked { identity_id: ada }
+    );
+    assert_eq!(
+        store
+            .redeem_link_code(&code, "web", "cyd", policy, now + 2_000)
+            .await
+            .unwrap(),
+        LinkOutcome::Invalid
+    );
+    assert_eq!(store.identity_of("web", "bea").await.unwrap(), Some(ada));
+
+    // Brute force: after the allowed failures even a valid code is refused, until
+    // the window has passed.
+    let code = store
+        .create_link_code(ada, "web:ada", policy, now)
+        .await
+        .unwrap();
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    for _ in 1..policy.max_failures {
+        assert_eq!(
+            store
+                .redeem_link_code(wrong, "web", "cyd", policy, now + 3_000)
+                .await
+                .unwrap(),
+            LinkOutcome::Invalid
+        );
+    }
+    assert_eq!(
+        store
+            .redeem_link_code(&code, "web", "cyd", policy, now + 4_000)
+            .await
+            .unwrap(),
+        LinkOutcome::TooManyAttempts
+    );
+    let later = now + 4_000 + policy.failure_window_ms;
+    let code = store
+        .create_link_code(ada, "web:ada", policy, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .redeem_link_code(&code, "web", "cyd", policy, later + 1)
+            .await
+            .unwrap(),
+        LinkOutcome::Linked { identity_id: ada }
+    );
+    assert_eq!(app.count("SELECT count(*) FROM identities").await, 1);
+    app.stop().await;
+}
+
+async fn one_persons_facts_never_reach_another(backend: Backend) {
+    let app = TestApp::spawn_with_worker(config(backend)).await;
+    app.model
+        .push_tool_call("remember", json!({"fact": "drinks oolong tea"}));
+    say(
+        &app,
+        "web",
+        TestMessage::direct("d1", "ada", "ada:I drink oolong"),
+        1,
+    )
+    .await;
+    app.model
+        .push_tool_call("remember", json!({"fact": "allergic to peanuts"}));
+    say(
+        &app,
+        "web",
+        TestMessage::direct("d2", "bea", "bea:I'm allergic to peanuts"),
+        2,
+    )
+    .await;
+    app.model.push_tool_call(
+        "remember",
+        json!({"fact": "this room plans the offsite", "about": "conversation"}),
+    );
+    say(
+        &app,
+        "web",
+        group("g1", "bea", "bea:we plan the offsite here"),
+        3,
+    )
+    .await;
+
+    say(
+        &app,
+        "web",
+        group("g2", "bea", "bea:what should I drink?"),
+        4,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(
+        call.system.contains("allergic to peanuts"),
+        "{}",
+        call.system
+    );
+    assert!(
+        call.system.contains("this room plans the offsite"),
+        "{}",
+        call.system
+    );
+    assert!(!call.system.contains("oolong"), "{}", call.system);
+
+    say(&app, "web", group("g3", "ada", "ada:and me?"), 5).await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(call.system.contains("oolong"), "{}", call.system);
+    assert!(!call.system.contains("peanuts"), "{}", call.system);
+
+    say(
+        &app,
+        "web",
+        TestMessage::direct("d3", "bea", "bea:what do you know about me?"),
+        6,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(call.system.contains("peanuts"), "{}", call.system);
+    assert!(!call.system.contains("oolong"), "{}", call.system);
+    assert!(
+        !call.system.contains("offsite"),
+        "group notes stay in the group: {}",
+        call.system
+    );
+    app.stop().await;
+}
+
+async fn an_old_message_beyond_the_window_is_recalled(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        history_messages: 4,
+        ..config(backend)
+    })
+    .await;
+    say(
+        &app,
+        "web",
+        TestMessage::direct(
+            "r1",
+            "ada",
+            "ada:my passport number is X1234567 and it expires in May",
+        ),
+        1,
+    )
+    .await;
+    for (i, text) in [
+        "ada:the weather is nice",
+        "ada:let's talk about lunch",
+        "ada:pasta sounds good",
+    ]
+    .iter()
+    .enumerate()
+    {
+        say(
+            &app,
+            "web",
+            TestMessage::direct(&format!("r{}", i + 2), "ada", text),
+            i + 2,
+        )
+        .await;
+    }
+    say(
+        &app,
+        "web",
+        TestMessage::direct("r5", "ada", "ada:when does my passport expire?"),
+        5,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(
+        !call.texts.iter().any(|t| t.contains("X1234567")),
+        "the old message is outside the verbatim window: {:?}",
+        call.texts
+    );
+    assert!(
+        call.system.contains("Recalled") && call.system.contains("X1234567"),
+        "{}",
+        call.system
+    );
+    app.stop().await;
+}
+
+async fn compaction_summarizes_old_turns_and_keeps_tool_pairs_and_recent_turns(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        extra: format!("{SMS}\n[memory]\ncompact_after = 6\nkeep_recent = 2\n"),
+        ..config(backend)
+    })
+    .await;
+    app.model
+        .push_tool_call("current_time", json!({"timezone": "Europe/Paris"}));
+    say(
+        &app,
+        "web",
+        TestMessage::direct("c1", "ada", "ada:first, what time is it in Paris?"),
+        1,
+    )
+    .await;
+    say(
+        &app,
+        "web",
+        TestMessage::direct("c2", "ada", "ada:second question"),
+        2,
+    )
+    .await;
+    say(
+        &app,
+        "web",
+        TestMessage::direct("c3", "ada", "ada:third question"),
+        3,
+    )
+    .await;
+    // Eight messages now follow the (empty) summary: the turn folded the first six.
+    app.wait_until(
+        "SELECT count(*) FROM sessions WHERE summary <> ''",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    let summary = app
+        .strings("SELECT summary FROM sessions WHERE summary <> ''")
+        .await;
+    assert!(
+        summary[0].contains("first, what time is it in Paris?"),
+        "{summary:?}"
+    );
+    assert!(summary[0].contains("second question"), "{summary:?}");
+    assert!(!summary[0].contains("third question"), "{summary:?}");
+    assert_eq!(
+        app.strings(
+            "SELECT m.role FROM messages m JOIN sessions s ON s.id = m.session_id
+              WHERE m.id > s.summarized_through AND s.summary <> '' ORDER BY m.id"
+        )
+        .await,
+        ["user", "assistant"],
+        "the verbatim window starts at a user message"
+    );
+    let compaction = app.model.calls().pop().unwrap();
+    assert!(
+        compaction.system.contains("running summary"),
+        "{}",
+        compaction.system
+    );
+    assert_eq!(compaction.tools_offered, 0);
+
+    say(
+        &app,
+        "web",
+        TestMessage::direct("c4", "ada", "ada:fourth question"),
+        4,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(
+        call.system.contains("Summary of the conversation so far"),
+        "{}",
+        call.system
+    );
+    assert!(
+        call.texts.iter().any(|t| t == "ada:third question"),
+        "{:?}",
+        call.texts
+    );
+    assert!(
+        !call.texts.iter().any(|t| t.contains("second question")),
+        "{:?}",
+        call.texts
+    );
+    app.stop().await;
+}
+
+async fn forgetting_a_person_deletes_everything_of_theirs(backend: Backend) {
+    let app = TestApp::spawn_with_worker(config(backend)).await;
+    app.model
+        .push_tool_call("remember", json!({"fact": "lives in Lisbon"}));
+    say(
+        &app,
+        "web",
+        TestMessage::direct("f1", "ada", "ada:I live in Lisbon"),
+        1,
+    )
+    .await;
+    say(&app, "web", group("f2", "ada", "ada:hello room"), 2).await;
+    say(&app, "web", TestMessage::direct("f3", "bea", "bea:hi"), 3).await;
+    say(&app, "web", group("f4", "bea", "bea:hello all"), 4).await;
+    app.drain(Duration::from_secs(10)).await;
+
+    let (ok, shown, stderr) = app.run_binary(&["identity", "show", "web:ada"]).await;
+    assert!(ok, "{stderr}");
+    assert!(shown.contains("web:ada (custom)"), "{shown}");
+    let (ok, out, stderr) = app
+        .run_binary(&["identity", "forget", "web:ada", "--json"])
+        .await;
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["deleted"]["accounts"], 1, "{report}");
+    assert_eq!(report["deleted"]["sessions"], 1, "{report}");
+    assert_eq!(report["deleted"]["memories"], 1, "{report}");
+    assert_eq!(report["deleted"]["turns"], 2, "{report}");
+    assert_eq!(report["deleted"]["messages"], 6, "{report}");
+    for sql in [
+        "SELECT count(*) FROM messages WHERE content LIKE '%ada:%'",
+        "SELECT count(*) FROM inbound_events WHERE sender_id = 'ada'",
+        "SELECT count(*) FROM accounts WHERE sender_id = 'ada'",
+        "SELECT count(*) FROM memories",
+        "SELECT count(*) FROM deliveries WHERE text LIKE '%ada:%'",
+    ] {
+        assert_eq!(app.count(sql).await, 0, "{sql}");
+    }
+    // Bea's conversations are untouched.
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages WHERE content LIKE '%bea:%'")
+            .await,
+        4
+    );
+    let (ok, _, stderr) = app.run_binary(&["identity", "show", "web:ada"]).await;
+    assert!(!ok && stderr.contains("never written"), "{stderr}");
+    // The person can start afresh.
+    say(
+        &app,
+        "web",
+        TestMessage::direct("f5", "ada", "ada:hello again"),
+        5,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(!call.system.contains("Lisbon"), "{}", call.system);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    a_linked_account_continues_the_conversation_with_its_facts,
+    link_codes_expire_are_single_use_and_limit_attempts,
+    one_persons_facts_never_reach_another,
+    an_old_message_beyond_the_window_is_recalled,
+    compaction_summarizes_old_turns_and_keeps_tool_pairs_and_recent_turns,
+    forgetting_a_person_deletes_everything_of_theirs,
+);
