@@ -48,21 +48,29 @@ ALTER TABLE messages ADD COLUMN identity_id BLOB;
 CREATE INDEX messages_identity ON messages (identity_id);
 CREATE INDEX messages_created ON messages (created_at);
 
--- messages.id is an INTEGER PRIMARY KEY, a stable rowid for the index.
+-- Full-text search: contentless FTS5 tables kept in step by triggers. Each row
+-- also indexes the scope it belongs to as one token (`s<hex session id>` for a
+-- message, `p<hex identity id>` or `c<hex conversation key>` for a fact or note),
+-- so a search is restricted to a session or a person inside the index instead of
+-- after it. Tool steps (parts IS NOT NULL) are not indexed.
 CREATE VIRTUAL TABLE messages_fts USING fts5(
-    content, content = 'messages', content_rowid = 'id', tokenize = 'porter unicode61'
+    content, scope, content = '', contentless_delete = 1, tokenize = 'porter unicode61'
 );
-CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.parts IS NULL BEGIN
+    INSERT INTO messages_fts (rowid, content, scope)
+    VALUES (new.id, new.content, 's' || hex(new.session_id));
 END;
 CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    DELETE FROM messages_fts WHERE rowid = old.id;
 END;
-CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, session_id ON messages
+WHEN new.parts IS NULL BEGIN
+    DELETE FROM messages_fts WHERE rowid = old.id;
+    INSERT INTO messages_fts (rowid, content, scope)
+    VALUES (new.id, new.content, 's' || hex(new.session_id));
 END;
-INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+INSERT INTO messages_fts (rowid, content, scope)
+SELECT id, content, 's' || hex(session_id) FROM messages WHERE parts IS NULL;
 
 -- `n` is the stable rowid the search index refers to (a BLOB primary key leaves
 -- the implicit rowid free to change on VACUUM).
@@ -81,15 +89,19 @@ CREATE TABLE memories (
 CREATE INDEX memories_identity ON memories (identity_id, created_at);
 CREATE INDEX memories_conversation ON memories (conversation_key, created_at);
 CREATE VIRTUAL TABLE memories_fts USING fts5(
-    content, content = 'memories', content_rowid = 'n', tokenize = 'porter unicode61'
+    content, scope, content = '', contentless_delete = 1, tokenize = 'porter unicode61'
 );
 CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
-    INSERT INTO memories_fts (rowid, content) VALUES (new.n, new.content);
+    INSERT INTO memories_fts (rowid, content, scope)
+    VALUES (new.n, new.content, CASE WHEN new.scope = 'user' THEN 'p' || hex(new.identity_id)
+                                     ELSE 'c' || hex(new.conversation_key) END);
 END;
 CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
-    INSERT INTO memories_fts (memories_fts, rowid, content) VALUES ('delete', old.n, old.content);
+    DELETE FROM memories_fts WHERE rowid = old.n;
 END;
-CREATE TRIGGER memories_fts_update AFTER UPDATE OF content ON memories BEGIN
-    INSERT INTO memories_fts (memories_fts, rowid, content) VALUES ('delete', old.n, old.content);
-    INSERT INTO memories_fts (rowid, content) VALUES (new.n, new.content);
+CREATE TRIGGER memories_fts_update AFTER UPDATE OF content, identity_id ON memories BEGIN
+    DELETE FROM memories_fts WHERE rowid = old.n;
+    INSERT INTO memories_fts (rowid, content, scope)
+    VALUES (new.n, new.content, CASE WHEN new.scope = 'user' THEN 'p' || hex(new.identity_id)
+                                     ELSE 'c' || hex(new.conversation_key) END);
 END;

@@ -228,50 +228,9 @@ async fn answer(
             }
         }
         (Some(agent), Some(route)) => {
-            let history = store
-                .recent_history(
-                    session.transcript_id,
-                    session.summarized_through,
-                    settings.worker.history_messages,
-                )
-                .await?;
-            let layers = memory::rehydrate(
-                store,
-                &settings.memory,
-                session,
-                &scope.memory,
-                events,
-                history,
-            )
-            .await?;
-            let vision = deployment.router.supports_vision(route);
             let toolbox = Toolbox::new(&agent.tools);
-            let tools = toolbox.specs();
-            let assembled = context::assemble(
-                &agent.instructions,
-                &tools,
-                &layers,
-                events.iter().map(|e| user_message(e, vision)).collect(),
-                deployment.router.context_budget(route),
-                &settings.memory,
-            );
-            if assembled.dropped.any() {
-                tracing::info!(
-                    dropped_notes = assembled.dropped.notes,
-                    dropped_facts = assembled.dropped.facts,
-                    dropped_recalled = assembled.dropped.recalled,
-                    dropped_summary_chars = assembled.dropped.summary_chars,
-                    dropped_recent = assembled.dropped.recent,
-                    prompt_tokens = assembled.tokens,
-                    "context trimmed to fit the model's window"
-                );
-            }
-            let request = ChatRequest {
-                system: (!assembled.system.is_empty()).then_some(assembled.system),
-                messages: assembled.messages,
-                tools,
-                trace_id: trace_id.clone(),
-            };
+            let request =
+                turn_request(deployment, agent, route, session, &scope, events, &toolbox).await?;
             let run = run_agent(
                 &deployment.router,
                 route,
@@ -363,6 +322,67 @@ async fn answer(
         }
     }
     Ok(committed)
+}
+
+/// The first model request of a turn: the memory layers rehydrated and fitted
+/// with the events into the route's window (see `memory::context`).
+async fn turn_request(
+    deployment: &Deployment,
+    agent: &crate::config::AgentConfig,
+    route: &str,
+    session: &SessionInfo,
+    scope: &TurnScope,
+    events: &[PendingEvent],
+    toolbox: &Toolbox,
+) -> Result<ChatRequest, StoreError> {
+    let settings = &deployment.settings;
+    let store = &deployment.store;
+    let history = store
+        .recent_history(
+            session.transcript_id,
+            session.summarized_through,
+            settings.worker.history_messages,
+        )
+        .await?;
+    let layers = memory::rehydrate(
+        store,
+        &settings.memory,
+        session,
+        &scope.memory,
+        events,
+        history,
+    )
+    .await?;
+    let vision = deployment.router.supports_vision(route);
+    let tools = toolbox.specs();
+    let assembled = context::assemble(
+        &agent.instructions,
+        &tools,
+        &layers,
+        events.iter().map(|e| user_message(e, vision)).collect(),
+        deployment.router.context_budget(route),
+        &settings.memory,
+    );
+    if assembled.dropped.any() {
+        tracing::info!(
+            dropped_notes = assembled.dropped.notes,
+            dropped_facts = assembled.dropped.facts,
+            dropped_recalled = assembled.dropped.recalled,
+            dropped_summary_chars = assembled.dropped.summary_chars,
+            dropped_recent = assembled.dropped.recent,
+            prompt_tokens = assembled.tokens,
+            "context trimmed to fit the model's window"
+        );
+    }
+    Ok(ChatRequest {
+        system: (!assembled.system.is_empty()).then_some(assembled.system),
+        messages: assembled.messages,
+        tools,
+        trace_id: events
+            .last()
+            .map(|e| e.trace_id.clone())
+            .unwrap_or_default(),
+    })
 }
 
 /// What the model loop of one turn produced.

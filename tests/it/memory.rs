@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use microclaw::store::LinkOutcome;
+use microclaw::store::{LinkOutcome, LinkPolicy, Store};
 use serde_json::json;
 
 use crate::helpers::{Backend, TestApp, TestConfig, TestMessage};
@@ -74,24 +74,35 @@ async fn a_linked_account_continues_the_conversation_with_its_facts(backend: Bac
     )
     .await;
 
-    let reply = say(&app, "web", TestMessage::direct("m2", "ada", "/link"), 2).await;
+    // The second account has a fact of its own before the link.
+    app.model
+        .push_tool_call("remember", json!({"fact": "prefers window seats"}));
+    say(
+        &app,
+        "sms",
+        TestMessage::direct("m0", "+15550001", "ada:window seats please"),
+        2,
+    )
+    .await;
+
+    let reply = say(&app, "web", TestMessage::direct("m2", "ada", "/link"), 3).await;
     assert!(reply.starts_with("Your link code is"), "{reply}");
     let code = code_in(&reply);
     let reply = say(
         &app,
         "sms",
         TestMessage::direct("m3", "+15550001", &format!("/link {code}")),
-        3,
+        4,
     )
     .await;
     assert!(reply.starts_with("Linked"), "{reply}");
-    assert_eq!(app.model.calls().len(), 2, "commands do not call the model");
+    assert_eq!(app.model.calls().len(), 4, "commands do not call the model");
 
     say(
         &app,
         "sms",
         TestMessage::direct("m4", "+15550001", "ada:what is my dog called?"),
-        4,
+        5,
     )
     .await;
     let call = app.model.calls().pop().unwrap();
@@ -108,6 +119,24 @@ async fn a_linked_account_continues_the_conversation_with_its_facts(backend: Bac
     app.drain(Duration::from_secs(10)).await;
     assert_eq!(app.count("SELECT count(*) FROM identities").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM accounts").await, 2);
+    let ada = app
+        .deployment
+        .store
+        .identity_of("sms", "+15550001")
+        .await
+        .unwrap()
+        .unwrap();
+    let found = app
+        .deployment
+        .store
+        .search_memories(&["window".into()], Some(ada), None, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.len(),
+        1,
+        "the merged fact is searchable as the survivor's"
+    );
     // The reply went back where the question came from.
     assert_eq!(
         app.strings(
@@ -122,12 +151,27 @@ async fn a_linked_account_continues_the_conversation_with_its_facts(backend: Bac
         &app,
         "sms",
         TestMessage::direct("m5", "+15550002", &format!("/link {code}")),
-        5,
+        6,
     )
     .await;
     assert!(reply.starts_with("That code isn't valid"), "{reply}");
     app.stop().await;
 }
+
+/// Redeems `code` from the web account `sender` at `now_ms`.
+async fn redeem(store: &Store, code: &str, sender: &str, now_ms: i64) -> LinkOutcome {
+    store
+        .redeem_link_code(code, "web", sender, POLICY, now_ms)
+        .await
+        .unwrap()
+}
+
+/// The configuration's defaults (see `identity` in microclaw.example.toml).
+const POLICY: LinkPolicy = LinkPolicy {
+    code_ttl_ms: 600_000,
+    max_failures: 5,
+    failure_window_ms: 900_000,
+};
 
 async fn link_codes_expire_are_single_use_and_limit_attempts(backend: Backend) {
     let app = TestApp::spawn(config(backend)).await;
@@ -137,46 +181,37 @@ async fn link_codes_expire_are_single_use_and_limit_attempts(backend: Backend) {
     }
     let store = &app.deployment.store;
     let ada = store.identity_of("web", "ada").await.unwrap().unwrap();
-    let policy = microclaw::identity::link_policy(&app.deployment.settings.identity);
+    assert_eq!(
+        microclaw::identity::link_policy(&app.deployment.settings.identity),
+        POLICY
+    );
     let now = 1_800_000_000_000;
 
     // Expired.
     let code = store
-        .create_link_code(ada, "web:ada", policy, now)
+        .create_link_code(ada, "web:ada", POLICY, now)
         .await
         .unwrap();
     assert_eq!(
-        store
-            .redeem_link_code(&code, "web", "bea", policy, now + policy.code_ttl_ms)
-            .await
-            .unwrap(),
+        redeem(store, &code, "bea", now + POLICY.code_ttl_ms).await,
         LinkOutcome::Invalid
     );
     // Valid: bea becomes ada's identity; the code then works for no one else,
     // and a rerun by bea reports the link again.
     let code = store
-        .create_link_code(ada, "web:ada", policy, now)
+        .create_link_code(ada, "web:ada", POLICY, now)
         .await
         .unwrap();
     assert_eq!(
-        store
-            .redeem_link_code(&code, "web", "bea", policy, now + 1_000)
-            .await
-            .unwrap(),
+        redeem(store, &code, "bea", now + 1_000).await,
         LinkOutcome::Linked { identity_id: ada }
     );
     assert_eq!(
-        store
-            .redeem_link_code(&code, "web", "bea", policy, now + 2_000)
-            .await
-            .unwrap(),
+        redeem(store, &code, "bea", now + 2_000).await,
         LinkOutcome::AlreadyLinked { identity_id: ada }
     );
     assert_eq!(
-        store
-            .redeem_link_code(&code, "web", "cyd", policy, now + 2_000)
-            .await
-            .unwrap(),
+        redeem(store, &code, "cyd", now + 2_000).await,
         LinkOutcome::Invalid
     );
     assert_eq!(store.identity_of("web", "bea").await.unwrap(), Some(ada));
@@ -184,36 +219,27 @@ async fn link_codes_expire_are_single_use_and_limit_attempts(backend: Backend) {
     // Brute force: after the allowed failures even a valid code is refused, until
     // the window has passed.
     let code = store
-        .create_link_code(ada, "web:ada", policy, now)
+        .create_link_code(ada, "web:ada", POLICY, now)
         .await
         .unwrap();
     let wrong = if code == "000000" { "000001" } else { "000000" };
-    for _ in 1..policy.max_failures {
+    for _ in 1..POLICY.max_failures {
         assert_eq!(
-            store
-                .redeem_link_code(wrong, "web", "cyd", policy, now + 3_000)
-                .await
-                .unwrap(),
+            redeem(store, wrong, "cyd", now + 3_000).await,
             LinkOutcome::Invalid
         );
     }
     assert_eq!(
-        store
-            .redeem_link_code(&code, "web", "cyd", policy, now + 4_000)
-            .await
-            .unwrap(),
+        redeem(store, &code, "cyd", now + 4_000).await,
         LinkOutcome::TooManyAttempts
     );
-    let later = now + 4_000 + policy.failure_window_ms;
+    let later = now + 4_000 + POLICY.failure_window_ms;
     let code = store
-        .create_link_code(ada, "web:ada", policy, later)
+        .create_link_code(ada, "web:ada", POLICY, later)
         .await
         .unwrap();
     assert_eq!(
-        store
-            .redeem_link_code(&code, "web", "cyd", policy, later + 1)
-            .await
-            .unwrap(),
+        redeem(store, &code, "cyd", later + 1).await,
         LinkOutcome::Linked { identity_id: ada }
     );
     assert_eq!(app.count("SELECT count(*) FROM identities").await, 1);
@@ -345,6 +371,21 @@ async fn an_old_message_beyond_the_window_is_recalled(backend: Backend) {
         call.system.contains("Recalled") && call.system.contains("X1234567"),
         "{}",
         call.system
+    );
+    app.model
+        .push_tool_call("recall", json!({"query": "passport number"}));
+    say(
+        &app,
+        "web",
+        TestMessage::direct("r6", "ada", "ada:look it up"),
+        6,
+    )
+    .await;
+    let call = app.model.calls().pop().unwrap();
+    assert!(
+        call.tool_results.iter().any(|r| r.contains("X1234567")),
+        "{:?}",
+        call.tool_results
     );
     app.stop().await;
 }

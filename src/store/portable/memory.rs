@@ -234,7 +234,12 @@ pub async fn find_by_handle(
     })
 }
 
-/// The facts and notes most relevant to `query` (search terms, see
+/// Matches ranked at most per search: the newest this many matches of a session
+/// or person are ranked, so a search costs the same however long the history
+/// and however common its words.
+const RANKED: i64 = 200;
+
+/// The facts and notes most relevant to the search terms (see
 /// `memory::search_terms`), best first.
 pub async fn search_memories(
     pool: &sqlx::Pool<Db>,
@@ -243,34 +248,44 @@ pub async fn search_memories(
     conversation_key: Option<&str>,
     limit: i64,
 ) -> Result<Vec<MemoryItem>, StoreError> {
+    if terms.is_empty() || (identity_id.is_none() && conversation_key.is_none()) {
+        return Ok(Vec::new());
+    }
     let (query, statement) = match BACKEND {
         Backend::Postgres => (
             terms.join(" | "),
-            "SELECT id, content, created_at FROM memories
-              WHERE search @@ to_tsquery('english', $1)
-                AND ((scope = 'user' AND identity_id = $2)
-                     OR (scope = 'conversation' AND conversation_key = $3))
+            "SELECT id, content, created_at FROM (
+                SELECT id, content, created_at, search FROM memories
+                 WHERE search @@ to_tsquery('english', $1)
+                   AND ((scope = 'user' AND identity_id = $2)
+                        OR (scope = 'conversation' AND conversation_key = $3))
+                 ORDER BY created_at DESC LIMIT $5) AS hits
               ORDER BY ts_rank(search, to_tsquery('english', $1)) DESC, created_at DESC
               LIMIT $4",
         ),
-        Backend::Sqlite => (
-            fts5_query(terms),
-            "SELECT m.id, m.content, m.created_at FROM memories_fts f JOIN memories m ON m.n = f.rowid
-              WHERE memories_fts MATCH $1
-                AND ((m.scope = 'user' AND m.identity_id = $2)
-                     OR (m.scope = 'conversation' AND m.conversation_key = $3))
-              ORDER BY bm25(memories_fts), m.created_at DESC
-              LIMIT $4",
-        ),
+        Backend::Sqlite => {
+            let scopes: Vec<String> = identity_id
+                .map(|id| format!("scope : \"p{}\"", hex(id.as_bytes())))
+                .into_iter()
+                .chain(conversation_key.map(|key| format!("scope : \"c{}\"", hex(key.as_bytes()))))
+                .collect();
+            (
+                format!("({}) AND ({})", scopes.join(" OR "), fts5_any(terms)),
+                "SELECT m.id, m.content, m.created_at
+                   FROM (SELECT rowid AS n, bm25(memories_fts) AS score FROM memories_fts
+                          WHERE memories_fts MATCH $1 ORDER BY rowid DESC LIMIT $5) AS hits
+                   JOIN memories m ON m.n = hits.n
+                  ORDER BY hits.score, m.created_at DESC
+                  LIMIT $4",
+            )
+        }
     };
-    if terms.is_empty() {
-        return Ok(Vec::new());
-    }
     Ok(sqlx::query_as(sql(statement))
         .bind(query)
         .bind(identity_id)
         .bind(conversation_key)
         .bind(limit)
+        .bind(RANKED)
         .fetch_all(pool)
         .await?)
 }
@@ -284,42 +299,58 @@ pub async fn search_messages(
     before_id: i64,
     limit: i64,
 ) -> Result<Vec<RecalledMessage>, StoreError> {
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
     let (query, statement) = match BACKEND {
         Backend::Postgres => (
             terms.join(" | "),
-            "SELECT id, role, content, created_at FROM messages
-              WHERE session_id = $2 AND id < $3 AND parts IS NULL
-                AND search @@ to_tsquery('english', $1)
+            "SELECT id, role, content, created_at FROM (
+                SELECT id, role, content, created_at, search FROM messages
+                 WHERE session_id = $2 AND id < $3 AND parts IS NULL
+                   AND search @@ to_tsquery('english', $1)
+                 ORDER BY id DESC LIMIT $5) AS hits
               ORDER BY ts_rank(search, to_tsquery('english', $1)) DESC, id DESC
               LIMIT $4",
         ),
         Backend::Sqlite => (
-            fts5_query(terms),
-            "SELECT m.id, m.role, m.content, m.created_at FROM messages_fts f JOIN messages m ON m.id = f.rowid
-              WHERE messages_fts MATCH $1 AND m.session_id = $2 AND m.id < $3 AND m.parts IS NULL
-              ORDER BY bm25(messages_fts), m.id DESC
+            format!(
+                "scope : \"s{}\" AND ({})",
+                hex(transcript_id.as_bytes()),
+                fts5_any(terms)
+            ),
+            // $2 is in the MATCH string.
+            "SELECT m.id, m.role, m.content, m.created_at
+               FROM (SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts
+                      WHERE messages_fts MATCH $1 AND rowid < $3
+                      ORDER BY rowid DESC LIMIT $5) AS hits
+               JOIN messages m ON m.id = hits.id
+              ORDER BY hits.score, m.id DESC
               LIMIT $4",
         ),
     };
-    if terms.is_empty() {
-        return Ok(Vec::new());
-    }
     Ok(sqlx::query_as(sql(statement))
         .bind(query)
         .bind(transcript_id)
         .bind(before_id)
         .bind(limit)
+        .bind(RANKED)
         .fetch_all(pool)
         .await?)
 }
 
 /// Any of the terms, each quoted (terms are letters and digits only).
-fn fts5_query(terms: &[String]) -> String {
+fn fts5_any(terms: &[String]) -> String {
     terms
         .iter()
         .map(|t| format!("\"{t}\""))
         .collect::<Vec<_>>()
         .join(" OR ")
+}
+
+/// Upper-case hex, as SQLite's `hex()` writes the scope tokens.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Deletes transcript messages older than `cutoff`, with the settled inbound

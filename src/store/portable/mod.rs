@@ -15,7 +15,7 @@ pub enum Backend {
 }
 
 /// Link-code rules.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkPolicy {
     /// How long a code is valid, in milliseconds.
     pub code_ttl_ms: i64,
