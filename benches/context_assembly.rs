@@ -164,6 +164,7 @@ async fn rehydrate(store: &Store, config: &MemoryConfig, session_id: Uuid) -> us
         context::Budget {
             context_window: 128_000,
             reply_reserve: 1_024,
+            tokenizer: memory::tokens::Tokenizer::O200kBase,
         },
         config,
     );

@@ -332,6 +332,11 @@ pub struct ModelConfig {
     /// Tokens the model accepts (prompt and answer).
     #[serde(default = "default_context_window")]
     pub context_window: u64,
+    /// How prompts are counted against the window: `auto` (OpenAI's published
+    /// encoding for OpenAI model names, else a conservative estimate),
+    /// `o200k_base`, `cl100k_base` or `estimate`.
+    #[serde(default)]
+    pub tokenizer: crate::memory::tokens::TokenizerChoice,
     /// Whether the model accepts images.
     #[serde(default)]
     pub vision: bool,

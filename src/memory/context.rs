@@ -14,13 +14,14 @@ use crate::{
     store::HistoryMessage,
 };
 
-use super::{Layers, estimate_tokens};
+use super::{Layers, tokens::Tokenizer};
 
-/// The model's room for a turn.
+/// The model's room for a turn, and how its tokens are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     pub context_window: u64,
     pub reply_reserve: u64,
+    pub tokenizer: Tokenizer,
 }
 
 /// A turn's system prompt and conversation, with what was dropped to fit.
@@ -51,42 +52,51 @@ impl Dropped {
 }
 
 /// Tokens of one message as sent (content plus a few for its framing).
-pub fn message_tokens(message: &Message) -> u64 {
+pub fn message_tokens(tokenizer: Tokenizer, message: &Message) -> u64 {
+    let count = |text: &str| tokenizer.count(text);
     4 + message
         .parts
         .iter()
         .map(|part| match part {
-            Part::Text { text } => estimate_tokens(text),
+            Part::Text { text } => count(text),
             Part::Image { .. } => 1_000,
             Part::ToolCall(call) => {
-                estimate_tokens(&call.name) + estimate_tokens(&call.arguments.to_string())
+                count(&call.name) + count(&call.arguments.to_string())
             }
-            Part::ToolResult(result) => estimate_tokens(&result.content),
+            Part::ToolResult(result) => count(&result.content),
         })
         .sum::<u64>()
 }
 
-fn tool_tokens(tools: &[ToolSpec]) -> u64 {
+fn tool_tokens(tokenizer: Tokenizer, tools: &[ToolSpec]) -> u64 {
+    let count = |text: &str| tokenizer.count(text);
     tools
         .iter()
         .map(|t| {
-            estimate_tokens(&t.name)
-                + estimate_tokens(&t.description)
-                + estimate_tokens(&t.schema.to_string())
+            count(&t.name)
+                + count(&t.description)
+                + count(&t.schema.to_string())
         })
         .sum()
 }
 
 /// Adds `lines` under `heading` while they fit `room` tokens, keeping the newest
 /// (last) ones; returns the tokens used and how many were dropped.
-fn section(out: &mut String, heading: &str, lines: &[String], room: u64) -> (u64, usize) {
+fn section(
+    tokenizer: Tokenizer,
+    out: &mut String,
+    heading: &str,
+    lines: &[String],
+    room: u64,
+) -> (u64, usize) {
+    let count = |text: &str| tokenizer.count(text);
     if lines.is_empty() {
         return (0, 0);
     }
-    let mut used = estimate_tokens(heading) + 2;
+    let mut used = count(heading) + 2;
     let mut kept = Vec::new();
     for line in lines.iter().rev() {
-        let cost = estimate_tokens(line) + 1;
+        let cost = count(line) + 1;
         if used + cost > room {
             break;
         }
@@ -114,8 +124,11 @@ pub fn assemble(
     budget: Budget,
     config: &MemoryConfig,
 ) -> Assembled {
-    let fixed = estimate_tokens(instructions)
-        + tool_tokens(tools)
+    let tokenizer = budget.tokenizer;
+    let count = |text: &str| tokenizer.count(text);
+    let message_tokens = |m: &Message| message_tokens(tokenizer, m);
+    let fixed = count(instructions)
+        + tool_tokens(tokenizer, tools)
         + current.iter().map(message_tokens).sum::<u64>();
     let available = budget
         .context_window
@@ -132,6 +145,7 @@ pub fn assemble(
         .map(|n| format!("- [{}] {}", n.handle(), n.content))
         .collect();
     let (tokens, n) = section(
+        tokenizer,
         &mut system,
         "## Notes about this conversation",
         &notes,
@@ -148,6 +162,7 @@ pub fn assemble(
             .map(|f| format!("- [{}] {}", f.handle(), f.content))
             .collect();
         let (tokens, n) = section(
+            tokenizer,
             &mut system,
             &format!(
                 "## What you know about {} (use only when answering them)",
@@ -176,6 +191,7 @@ pub fn assemble(
         .rev()
         .collect();
     let (tokens, n) = section(
+        tokenizer,
         &mut system,
         "## Recalled from earlier conversations and notes",
         &recalled,
@@ -188,7 +204,7 @@ pub fn assemble(
         let room = share(config.summary_share);
         let mut summary = layers.summary.as_str();
         // Keep the summary's end (the most recent) when it is too long.
-        while estimate_tokens(summary) > room && !summary.is_empty() {
+        while count(summary) > room && !summary.is_empty() {
             let cut = summary.len() - summary.len() * 9 / 10;
             let mut at = cut.max(1);
             while !summary.is_char_boundary(at) {
@@ -200,7 +216,7 @@ pub fn assemble(
         if !summary.is_empty() {
             system.push_str("\n\n## Summary of the conversation so far\n");
             system.push_str(summary);
-            used += estimate_tokens(summary) + 8;
+            used += count(summary) + 8;
         }
     }
 
@@ -224,8 +240,8 @@ pub fn assemble(
         .filter_map(HistoryMessage::to_message)
         .collect();
     messages.extend(current);
-    let tokens = estimate_tokens(&system)
-        + tool_tokens(tools)
+    let tokens = count(&system)
+        + tool_tokens(tokenizer, tools)
         + messages.iter().map(message_tokens).sum::<u64>();
     Assembled {
         system,
@@ -290,6 +306,7 @@ mod tests {
             Budget {
                 context_window: 8_000,
                 reply_reserve: 1_000,
+                tokenizer: Tokenizer::O200kBase,
             },
             &MemoryConfig::default(),
         );
@@ -329,6 +346,7 @@ mod tests {
             Budget {
                 context_window: 1_000,
                 reply_reserve: 200,
+                tokenizer: Tokenizer::Estimate,
             },
             &MemoryConfig::default(),
         );

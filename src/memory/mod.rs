@@ -21,6 +21,7 @@
 
 pub mod compaction;
 pub mod context;
+pub mod tokens;
 
 use uuid::Uuid;
 
@@ -183,17 +184,6 @@ pub fn search_terms(text: &str) -> Vec<String> {
     terms
 }
 
-/// A conservative token count: no model family's tokenizer yields more tokens
-/// for ordinary text than one per three bytes of ASCII plus one per other
-/// character (English runs about four characters a token; CJK about one a
-/// character). Over-counting only leaves headroom in the window.
-pub fn estimate_tokens(text: &str) -> u64 {
-    let (ascii, other) = text.chars().fold((0u64, 0u64), |(a, o), c| {
-        if c.is_ascii() { (a + 1, o) } else { (a, o + 1) }
-    });
-    ascii.div_ceil(3) + other
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,13 +196,5 @@ mod tests {
         );
         assert!(search_terms("is it ok?").is_empty());
         assert_eq!(search_terms("東京の天気"), ["東京の天気"]);
-    }
-
-    #[test]
-    fn token_estimate_over_counts_ordinary_text() {
-        // "Hello, how are you today?" is 7 tokens in cl100k_base and o200k_base.
-        assert!(estimate_tokens("Hello, how are you today?") >= 7);
-        assert_eq!(estimate_tokens("東京"), 2);
-        assert_eq!(estimate_tokens(""), 0);
     }
 }

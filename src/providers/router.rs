@@ -214,7 +214,8 @@ impl Router {
     }
 
     /// The room a turn on this route has: the smallest context window of its
-    /// candidates (so any fallback fits too) and the largest reply reserve.
+    /// candidates (so any fallback fits too), the largest reply reserve, and
+    /// their common tokenizer.
     pub fn context_budget(&self, route: &str) -> crate::memory::context::Budget {
         let candidates: Vec<&Candidate> = self
             .routes
@@ -237,6 +238,14 @@ impl Router {
                 .map(|c| u64::from(c.settings.config.max_tokens))
                 .max()
                 .unwrap_or(1_024),
+            tokenizer: crate::memory::tokens::Tokenizer::common(candidates.iter().map(|c| {
+                let config = &c.settings.config;
+                crate::memory::tokens::Tokenizer::of(
+                    config.tokenizer,
+                    config.provider,
+                    &config.model,
+                )
+            })),
         }
     }
 
