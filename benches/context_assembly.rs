@@ -4,6 +4,9 @@
 //! baseline) and one with 10,000, in the same run. The memory design promises
 //! the second costs about the same as the first.
 //!
+//! The store also holds 200 other sessions of 20 messages. Recall searches use
+//! words that occur in every seeded message (the worst case for ranking).
+//!
 //! `cargo bench --bench context_assembly` runs on the embedded SQLite store, and
 //! on Postgres too when `MICROCLAW_BENCH_POSTGRES` (a server URL such as
 //! `postgres://postgres@127.0.0.1:5432`) is set; a scratch database is created and
@@ -21,13 +24,14 @@ use microclaw::{
 use uuid::Uuid;
 
 const PERSON: &str = "bench-user";
+const OTHER_SESSIONS: usize = 200;
 
 /// A store with one person and one direct session of `messages` past messages.
 async fn seeded(store: &Store, messages: usize) -> Uuid {
     store.migrate().await.expect("migrate");
     let message = microclaw::channels::InboundMessage {
-        platform_message_id: format!("seed-{messages}"),
-        sender_id: format!("{PERSON}-{messages}"),
+        platform_message_id: format!("seed-{}", Uuid::now_v7()),
+        sender_id: format!("{PERSON}-{}", Uuid::now_v7()),
         sender_name: Some("Bench".into()),
         conversation_id: "dm".into(),
         thread_id: None,
@@ -119,9 +123,6 @@ async fn seeded(store: &Store, messages: usize) -> Uuid {
         Store::Postgres(pool) => seed!(pool, |s: &str| s.to_owned()),
         Store::Sqlite(pool) => seed!(pool, |s: &str| s.replace('$', "?")),
     }
-    if let Store::Postgres(pool) = store {
-        sqlx::query("ANALYZE").execute(pool).await.expect("analyze");
-    }
     session_id
 }
 
@@ -173,8 +174,18 @@ async fn rehydrate(store: &Store, config: &MemoryConfig, session_id: Uuid) -> us
 
 fn bench_backend(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, store: Store) {
     let config = MemoryConfig::default();
+    // Other people's sessions, so the store looks like one in use (and Postgres'
+    // statistics see many sessions, as in production).
+    for _ in 0..OTHER_SESSIONS {
+        runtime.block_on(seeded(&store, 20));
+    }
     let small = runtime.block_on(seeded(&store, 10));
     let large = runtime.block_on(seeded(&store, 10_000));
+    if let Store::Postgres(pool) = &store {
+        runtime
+            .block_on(sqlx::query("ANALYZE").execute(pool))
+            .expect("analyze");
+    }
     let mut group = c.benchmark_group(format!("context_assembly/{name}"));
     group.bench_function("10 messages (baseline)", |b| {
         b.to_async(runtime)

@@ -1443,6 +1443,35 @@ mod tests {
     }
 
     #[test]
+    fn memory_and_identity_limits_name_their_keys() {
+        let text = r#"
+            [memory]
+            facts_share = 1.5
+            recall_share = 0.5
+            compact_after = 4
+            keep_recent = 10
+            group_user_facts = "sender"
+            [identity]
+            link_max_failures = 0
+            link_code_ttl = "0s"
+        "#;
+        let env = env_with(&[("MICROCLAW_CUSTOM_SECRET", SECRET)]);
+        let errors = Settings::from_toml(text, &env).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "memory.facts_share",
+            "memory",
+            "memory.compact_after",
+            "identity.link_max_failures",
+            "identity.link_code_ttl",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        let errors = RawConfig::from_toml("[memory]\ngroup_user_facts = \"everyone\"").unwrap_err();
+        assert_eq!(errors.0[0].key, "memory.group_user_facts");
+    }
+
+    #[test]
     fn a_wrong_type_names_the_key() {
         let errors = RawConfig::from_toml("[worker]\nturn_concurrency = \"many\"").unwrap_err();
         assert_eq!(errors.0[0].key, "worker.turn_concurrency");

@@ -60,9 +60,7 @@ pub fn message_tokens(tokenizer: Tokenizer, message: &Message) -> u64 {
         .map(|part| match part {
             Part::Text { text } => count(text),
             Part::Image { .. } => 1_000,
-            Part::ToolCall(call) => {
-                count(&call.name) + count(&call.arguments.to_string())
-            }
+            Part::ToolCall(call) => count(&call.name) + count(&call.arguments.to_string()),
             Part::ToolResult(result) => count(&result.content),
         })
         .sum::<u64>()
@@ -72,11 +70,7 @@ fn tool_tokens(tokenizer: Tokenizer, tools: &[ToolSpec]) -> u64 {
     let count = |text: &str| tokenizer.count(text);
     tools
         .iter()
-        .map(|t| {
-            count(&t.name)
-                + count(&t.description)
-                + count(&t.schema.to_string())
-        })
+        .map(|t| count(&t.name) + count(&t.description) + count(&t.schema.to_string()))
         .sum()
 }
 

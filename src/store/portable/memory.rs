@@ -235,9 +235,10 @@ pub async fn find_by_handle(
 }
 
 /// Matches ranked at most per search: the newest this many matches of a session
-/// or person are ranked, so a search costs the same however long the history
-/// and however common its words.
-const RANKED: i64 = 200;
+/// or person are ranked (a search for rare words still reaches the whole history),
+/// so a search costs the same however long the history and however common its
+/// words.
+const RANKED: i64 = 100;
 
 /// The facts and notes most relevant to the search terms (see
 /// `memory::search_terms`), best first.
@@ -271,23 +272,27 @@ pub async fn search_memories(
                 .collect();
             (
                 format!("({}) AND ({})", scopes.join(" OR "), fts5_any(terms)),
+                // Ranked below, in Rust (see `rank_by_coverage`).
                 "SELECT m.id, m.content, m.created_at
-                   FROM (SELECT rowid AS n, bm25(memories_fts) AS score FROM memories_fts
+                   FROM (SELECT rowid AS n FROM memories_fts
                           WHERE memories_fts MATCH $1 ORDER BY rowid DESC LIMIT $5) AS hits
                    JOIN memories m ON m.n = hits.n
-                  ORDER BY hits.score, m.created_at DESC
-                  LIMIT $4",
+                  ORDER BY m.n DESC",
             )
         }
     };
-    Ok(sqlx::query_as(sql(statement))
+    let found: Vec<MemoryItem> = sqlx::query_as(sql(statement))
         .bind(query)
         .bind(identity_id)
         .bind(conversation_key)
         .bind(limit)
         .bind(RANKED)
         .fetch_all(pool)
-        .await?)
+        .await?;
+    Ok(match BACKEND {
+        Backend::Postgres => found,
+        Backend::Sqlite => rank_by_coverage(found, terms, limit, |m| &m.content),
+    })
 }
 
 /// Transcript messages older than `before_id` most relevant to the search terms,
@@ -319,24 +324,66 @@ pub async fn search_messages(
                 hex(transcript_id.as_bytes()),
                 fts5_any(terms)
             ),
-            // $2 is in the MATCH string.
+            // $2 is in the MATCH string; ranked below, in Rust (see `rank_by_coverage`).
             "SELECT m.id, m.role, m.content, m.created_at
-               FROM (SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts
+               FROM (SELECT rowid AS id FROM messages_fts
                       WHERE messages_fts MATCH $1 AND rowid < $3
                       ORDER BY rowid DESC LIMIT $5) AS hits
                JOIN messages m ON m.id = hits.id
-              ORDER BY hits.score, m.id DESC
-              LIMIT $4",
+              ORDER BY m.id DESC",
         ),
     };
-    Ok(sqlx::query_as(sql(statement))
+    let found: Vec<RecalledMessage> = sqlx::query_as(sql(statement))
         .bind(query)
         .bind(transcript_id)
         .bind(before_id)
         .bind(limit)
         .bind(RANKED)
         .fetch_all(pool)
-        .await?)
+        .await?;
+    Ok(match BACKEND {
+        Backend::Postgres => found,
+        Backend::Sqlite => rank_by_coverage(found, terms, limit, |m| &m.content),
+    })
+}
+
+/// The best `limit` of `found` (newest first) by how many of the search terms
+/// each contains, newest first among equals. SQLite's `bm25()` counts every
+/// matching row of the whole index for its statistics on each search, a cost
+/// that grows with the store; the matches are few, so they are ranked here.
+fn rank_by_coverage<T>(
+    found: Vec<T>,
+    terms: &[String],
+    limit: i64,
+    text: impl Fn(&T) -> &str,
+) -> Vec<T> {
+    // A crude stem: "expires" and "expire" share "expi".
+    let stems: Vec<String> = terms
+        .iter()
+        .map(|t| {
+            t.chars()
+                .take(t.chars().count().saturating_sub(2).max(4))
+                .collect()
+        })
+        .collect();
+    let mut scored: Vec<(usize, usize, T)> = found
+        .into_iter()
+        .enumerate()
+        .map(|(newest, item)| {
+            let content = text(&item).to_lowercase();
+            let covered = stems
+                .iter()
+                .filter(|s| content.contains(s.as_str()))
+                .count();
+            (covered, newest, item)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored
+        .into_iter()
+        .take(limit.max(0) as usize)
+        .map(|(_, _, item)| item)
+        .collect()
 }
 
 /// Any of the terms, each quoted (terms are letters and digits only).
