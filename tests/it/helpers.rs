@@ -523,6 +523,16 @@ impl TestApp {
         }
     }
 
+    /// Runs a statement (test set-up that no API offers, such as ageing rows).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(self.dialect(sql));
+        match &self.pool {
+            TestPool::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+            TestPool::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+        }
+        .unwrap();
+    }
+
     /// Every delivery attempt as `attempt:outcome:status_code`, in order.
     pub async fn attempt_history(&self) -> Vec<String> {
         self.strings(

@@ -545,3 +545,55 @@ crate::on_both_backends!(
     compaction_summarizes_old_turns_and_keeps_tool_pairs_and_recent_turns,
     forgetting_a_person_deletes_everything_of_theirs,
 );
+
+async fn the_retention_pass_purges_old_messages_only(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        extra: format!("{SMS}\n[memory]\nretention_days = 30\nmaintenance_interval = \"200ms\"\n"),
+        ..config(backend)
+    })
+    .await;
+    say(
+        &app,
+        "web",
+        TestMessage::direct("o1", "ada", "ada:an old message"),
+        1,
+    )
+    .await;
+    app.drain(Duration::from_secs(10)).await;
+    // Age the first exchange past the retention period.
+    for sql in [
+        "UPDATE messages SET created_at = '2020-01-01T00:00:00.000Z'",
+        "UPDATE inbound_events SET received_at = '2020-01-01T00:00:00.000Z'",
+        "UPDATE deliveries SET created_at = '2020-01-01T00:00:00.000Z'",
+    ] {
+        app.execute(sql).await;
+    }
+    say(
+        &app,
+        "web",
+        TestMessage::direct("o2", "ada", "ada:a new message"),
+        2,
+    )
+    .await;
+    app.wait_until(
+        "SELECT count(*) FROM messages WHERE content LIKE '%an old message%'",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.strings("SELECT content FROM messages ORDER BY id")
+            .await,
+        ["ada:a new message", "answer to [ada:a new message]"]
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM inbound_events").await,
+        1,
+        "the old event went with its messages"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM deliveries").await, 1);
+    app.stop().await;
+}
+
+crate::on_both_backends!(the_retention_pass_purges_old_messages_only);
