@@ -19,7 +19,7 @@ use microclaw::{
     config::{DatabaseConfig, MemoryConfig},
     memory::{self, MemoryScope, context},
     providers::{Message, Role},
-    store::{MemoryWrite, PendingEvent, Store},
+    store::{PendingEvent, Store},
 };
 use uuid::Uuid;
 
@@ -69,11 +69,8 @@ async fn seeded(store: &Store, messages: usize) -> Uuid {
             )
         })
         .collect();
-    let facts: Vec<MemoryWrite> = (0..20)
-        .map(|i| MemoryWrite::Fact {
-            identity_id: identity,
-            content: format!("fact {i}: likes topic{i}"),
-        })
+    let facts: Vec<String> = (0..20)
+        .map(|i| format!("fact {i}: likes topic{i}"))
         .collect();
     // Written directly, in one transaction: seeding through 5,000 turns would
     // measure the seeding, not the read.
@@ -102,8 +99,7 @@ async fn seeded(store: &Store, messages: usize) -> Uuid {
                 .await
                 .expect("message");
             }
-            for fact in &facts {
-                let MemoryWrite::Fact { content, .. } = fact else { continue };
+            for content in &facts {
                 sqlx::query(sqlx::AssertSqlSafe($sql(
                     "INSERT INTO memories (id, scope, identity_id, content, created_at)
                      VALUES ($1, 'user', $2, $3, $4)",

@@ -61,8 +61,15 @@ fn minutes(ms: i64) -> u64 {
         .div_ceil(60)
 }
 
+/// The answer in a group conversation, where everyone would see the code.
+const NOT_IN_GROUPS: &str =
+    "Linking accounts works in a direct message with me, not in a group: send /link there.";
+
 /// A fresh code for the sender; the reply explaining how to use it.
 pub async fn new_code(scope: &TurnScope) -> Result<String, StoreError> {
+    if scope.memory.conversation_key.is_some() {
+        return Ok(NOT_IN_GROUPS.into());
+    }
     let Some(identity_id) = scope.sender_identity else {
         return Ok("I can't link this account: I don't know who sent this message.".into());
     };
@@ -85,6 +92,9 @@ pub async fn new_code(scope: &TurnScope) -> Result<String, StoreError> {
 
 /// Redeems `code` from the sender's account; the reply saying what happened.
 pub async fn redeem(scope: &TurnScope, code: &str) -> Result<String, StoreError> {
+    if scope.memory.conversation_key.is_some() {
+        return Ok(NOT_IN_GROUPS.into());
+    }
     let outcome = scope
         .store
         .redeem_link_code(

@@ -81,3 +81,31 @@ CREATE TABLE memories (
 CREATE INDEX memories_identity ON memories (identity_id, created_at);
 CREATE INDEX memories_conversation ON memories (conversation_key, created_at);
 CREATE INDEX memories_search ON memories USING GIN (search);
+
+-- Backfill: every sender seen before identities existed becomes a person with one
+-- account; their events, messages and sessions are keyed the new way, so history
+-- continues and `identity forget` reaches it.
+CREATE TEMPORARY TABLE backfill_people AS
+SELECT connector_id, sender_id, max(channel) AS channel, max(sender_name) AS display_name,
+       min(received_at) AS first_seen, gen_random_uuid() AS identity_id
+  FROM inbound_events
+ GROUP BY connector_id, sender_id;
+INSERT INTO identities (id, display_name, created_at)
+SELECT identity_id, display_name, first_seen FROM backfill_people;
+INSERT INTO accounts (connector_id, sender_id, channel, identity_id, display_name, created_at)
+SELECT connector_id, sender_id, channel, identity_id, display_name, first_seen FROM backfill_people;
+UPDATE inbound_events e SET identity_id = b.identity_id
+  FROM backfill_people b
+ WHERE b.connector_id = e.connector_id AND b.sender_id = e.sender_id;
+UPDATE messages m SET identity_id = e.identity_id
+  FROM inbound_events e
+ WHERE e.id = m.inbound_event_id;
+UPDATE sessions s SET identity_id = first.identity_id, session_key = 'direct:' || first.identity_id::text
+  FROM (SELECT DISTINCT ON (session_id) session_id, identity_id
+          FROM inbound_events ORDER BY session_id, seq) AS first
+ WHERE first.session_id = s.id AND NOT s.is_group;
+UPDATE sessions s SET conversation_key = first.connector_id || ':' || first.conversation_id
+  FROM (SELECT DISTINCT ON (session_id) session_id, connector_id, conversation_id
+          FROM inbound_events ORDER BY session_id, seq) AS first
+ WHERE first.session_id = s.id AND s.is_group;
+DROP TABLE backfill_people;

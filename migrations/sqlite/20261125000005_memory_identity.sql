@@ -105,3 +105,35 @@ CREATE TRIGGER memories_fts_update AFTER UPDATE OF content, identity_id ON memor
     VALUES (new.n, new.content, CASE WHEN new.scope = 'user' THEN 'p' || hex(new.identity_id)
                                      ELSE 'c' || hex(new.conversation_key) END);
 END;
+
+-- Backfill, as on Postgres: every sender seen before identities existed becomes a
+-- person with one account; their events, messages and sessions are keyed the new way.
+CREATE TEMPORARY TABLE backfill_people AS
+SELECT connector_id, sender_id, max(channel) AS channel, max(sender_name) AS display_name,
+       min(received_at) AS first_seen, randomblob(16) AS identity_id
+  FROM inbound_events
+ GROUP BY connector_id, sender_id;
+INSERT INTO identities (id, display_name, created_at)
+SELECT identity_id, display_name, first_seen FROM backfill_people;
+INSERT INTO accounts (connector_id, sender_id, channel, identity_id, display_name, created_at)
+SELECT connector_id, sender_id, channel, identity_id, display_name, first_seen FROM backfill_people;
+UPDATE inbound_events SET identity_id =
+    (SELECT b.identity_id FROM backfill_people b
+      WHERE b.connector_id = inbound_events.connector_id AND b.sender_id = inbound_events.sender_id);
+UPDATE messages SET identity_id =
+    (SELECT e.identity_id FROM inbound_events e WHERE e.id = messages.inbound_event_id)
+ WHERE inbound_event_id IS NOT NULL;
+UPDATE sessions SET identity_id =
+    (SELECT e.identity_id FROM inbound_events e WHERE e.session_id = sessions.id ORDER BY e.seq LIMIT 1)
+ WHERE is_group = 0;
+-- The UUID's text form, as the runtime writes session keys.
+UPDATE sessions SET session_key = 'direct:' || lower(
+        substr(hex(identity_id), 1, 8) || '-' || substr(hex(identity_id), 9, 4) || '-' ||
+        substr(hex(identity_id), 13, 4) || '-' || substr(hex(identity_id), 17, 4) || '-' ||
+        substr(hex(identity_id), 21, 12))
+ WHERE is_group = 0 AND identity_id IS NOT NULL;
+UPDATE sessions SET conversation_key =
+    (SELECT e.connector_id || ':' || e.conversation_id FROM inbound_events e
+      WHERE e.session_id = sessions.id ORDER BY e.seq LIMIT 1)
+ WHERE is_group = 1;
+DROP TABLE backfill_people;

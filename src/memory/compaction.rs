@@ -94,7 +94,13 @@ pub async fn compact_if_needed(
         }
     };
     let saved = store
-        .save_summary(lease, session.transcript_id, summary.trim(), through)
+        .save_summary(
+            lease,
+            session.transcript_id,
+            (&session.summary, session.summarized_through),
+            summary.trim(),
+            through,
+        )
         .await?;
     if saved {
         tracing::info!(folded = count, through, "session compacted");

@@ -16,8 +16,9 @@
 //!
 //! Isolation: a direct session sees its own person's facts. A group turn sees the
 //! conversation's notes and, with `group_user_facts = "sender"`, the facts of the
-//! people whose messages it answers, each under that person's name; never anyone
-//! else's.
+//! person whose messages it answers, under their name, only when all of them come
+//! from that one person (a reply the whole group reads never carries several
+//! people's facts); never anyone else's.
 
 pub mod compaction;
 pub mod context;
@@ -55,43 +56,55 @@ pub struct Layers {
 /// Whose facts and which notes a turn may use (see the module's isolation rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryScope {
-    /// The people whose facts the turn sees, with the name to show them under.
-    pub people: Vec<(Uuid, String)>,
-    /// The person `remember` and `recall` act for: the sender of the last message.
-    pub person: Option<Uuid>,
+    /// The person whose facts the turn sees, with the name to show them under.
+    pub person: Option<(Uuid, String)>,
+    /// An event of that person: `remember` writes facts about its sender, so a
+    /// merge during the turn is followed (see `MemoryWrite::Fact`).
+    pub person_event: Option<Uuid>,
     pub conversation_key: Option<String>,
 }
 
 impl MemoryScope {
+    /// A direct session acts for its person. A group turn acts for its sender when
+    /// every message it answers comes from one person (and `group_user_facts` is
+    /// `sender`); a turn answering several people at once, whose reply all of them
+    /// read, uses no one's facts.
     pub fn of(session: &SessionInfo, events: &[PendingEvent], config: &MemoryConfig) -> Self {
-        let last = events.last();
-        let name = |e: &PendingEvent| e.sender_name.clone().unwrap_or_else(|| e.sender_id.clone());
-        if !session.is_group {
-            let person = session.identity_id.or(last.and_then(|e| e.identity_id));
+        let Some(last) = events.last() else {
             return Self {
-                people: person.zip(last.map(name)).into_iter().collect(),
-                person,
+                person: None,
+                person_event: None,
+                conversation_key: session.conversation_key.clone(),
+            };
+        };
+        let name = last
+            .sender_name
+            .clone()
+            .unwrap_or_else(|| last.sender_id.clone());
+        if !session.is_group {
+            return Self {
+                person: session
+                    .identity_id
+                    .or(last.identity_id)
+                    .map(|id| (id, name)),
+                person_event: Some(last.id),
                 conversation_key: None,
             };
         }
-        let mut people: Vec<(Uuid, String)> = Vec::new();
-        if config.group_user_facts == GroupFacts::Sender {
-            for event in events {
-                if let Some(id) = event.identity_id
-                    && !people.iter().any(|(known, _)| *known == id)
-                {
-                    people.push((id, name(event)));
-                }
-            }
-        }
+        let one_sender = events.iter().all(|e| e.identity_id == last.identity_id);
+        let person = match config.group_user_facts {
+            GroupFacts::Sender if one_sender => last.identity_id.map(|id| (id, name)),
+            _ => None,
+        };
         Self {
-            people,
-            person: match config.group_user_facts {
-                GroupFacts::Sender => last.and_then(|e| e.identity_id),
-                GroupFacts::Off => None,
-            },
+            person_event: person.as_ref().map(|_| last.id),
+            person,
             conversation_key: session.conversation_key.clone(),
         }
+    }
+
+    pub fn person_id(&self) -> Option<Uuid> {
+        self.person.as_ref().map(|(id, _)| *id)
     }
 }
 
@@ -109,8 +122,8 @@ pub async fn rehydrate(
         Some(key) => store.notes(key, config.max_facts).await?,
         None => Vec::new(),
     };
-    let mut people = Vec::with_capacity(scope.people.len());
-    for (id, name) in &scope.people {
+    let mut people = Vec::new();
+    if let Some((id, name)) = &scope.person {
         people.push(PersonFacts {
             name: name.clone(),
             facts: store.facts(*id, config.max_facts).await?,
@@ -130,7 +143,7 @@ pub async fn rehydrate(
     let recalled_memories = store
         .search_memories(
             &terms,
-            scope.person,
+            scope.person_id(),
             scope.conversation_key.as_deref(),
             config.recall_items,
         )

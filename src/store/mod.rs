@@ -237,12 +237,13 @@ impl Store {
         &self,
         lease: Lease,
         transcript_id: Uuid,
+        built_on: (&str, i64),
         summary: &str,
         through: i64,
     ) -> Result<bool, StoreError> {
         portable!(
             self,
-            memory::save_summary(lease, transcript_id, summary, through)
+            memory::save_summary(lease, transcript_id, built_on, summary, through)
         )
     }
 

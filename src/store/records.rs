@@ -278,9 +278,10 @@ pub fn without_nul_parts(parts: &[crate::providers::Part]) -> Vec<crate::provide
 /// A change to stored memory, made by a tool during a turn and committed with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemoryWrite {
-    /// A fact about one person.
+    /// A fact about the person who sent inbound event `about_event`: resolved to
+    /// their identity when the turn commits, so a merge during the turn is followed.
     Fact {
-        identity_id: Uuid,
+        about_event: Uuid,
         content: String,
     },
     /// A note about one group conversation.

@@ -57,10 +57,10 @@ impl Tool for Remember {
                 .unwrap_or("person");
             let write = match about {
                 "person" => MemoryWrite::Fact {
-                    identity_id: scope
-                        .memory
-                        .person
-                        .ok_or("facts about people are turned off in this conversation")?,
+                    about_event: scope.memory.person_event.ok_or(
+                        "facts about people can't be stored here (facts are off in this group, \
+                         or these messages come from several people)",
+                    )?,
                     content: fact.to_owned(),
                 },
                 "conversation" => MemoryWrite::Note {
@@ -113,7 +113,7 @@ impl Tool for Recall {
                 .store
                 .search_memories(
                     &terms,
-                    scope.memory.person,
+                    scope.memory.person_id(),
                     scope.memory.conversation_key.as_deref(),
                     10,
                 )
@@ -175,7 +175,7 @@ impl Tool for Forget {
                 .store
                 .find_memory(
                     handle.trim_matches(|c| c == '[' || c == ']'),
-                    scope.memory.person,
+                    scope.memory.person_id(),
                     scope.memory.conversation_key.as_deref(),
                 )
                 .await

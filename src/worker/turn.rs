@@ -197,7 +197,12 @@ async fn answer(
         last,
         identity::link_policy(&settings.identity),
     );
-    let command = Command::parse(&last.text);
+    // A command answers a message of its own; folded in with others, it goes to
+    // the model with them (which can call `link_account`).
+    let command = match events {
+        [only] => Command::parse(&only.text),
+        _ => None,
+    };
     let AgentOutcome {
         steps,
         reply,

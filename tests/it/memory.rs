@@ -597,3 +597,251 @@ async fn the_retention_pass_purges_old_messages_only(backend: Backend) {
 }
 
 crate::on_both_backends!(the_retention_pass_purges_old_messages_only);
+
+async fn linking_three_accounts_in_two_steps_makes_one_person(backend: Backend) {
+    let app = TestApp::spawn_with_worker(config(backend)).await;
+    say(&app, "web", TestMessage::direct("l1", "ada", "ada:one"), 1).await;
+    say(&app, "web", TestMessage::direct("l2", "bea", "bea:two"), 2).await;
+    say(
+        &app,
+        "sms",
+        TestMessage::direct("l3", "cyd", "cyd:three"),
+        3,
+    )
+    .await;
+    app.drain(Duration::from_secs(10)).await;
+    let store = &app.deployment.store;
+    let id = |connector: &'static str, sender: &'static str| async move {
+        store.identity_of(connector, sender).await.unwrap().unwrap()
+    };
+    let (ada, bea, cyd) = (
+        id("web", "ada").await,
+        id("web", "bea").await,
+        id("sms", "cyd").await,
+    );
+    // The younger one joins the older one, whatever the order of the arguments.
+    assert_eq!(store.link_identities(cyd, bea).await.unwrap(), Some(bea));
+    assert_eq!(store.link_identities(bea, ada).await.unwrap(), Some(ada));
+    assert_eq!(app.count("SELECT count(*) FROM identities").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE merged_into IS NOT NULL")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.count("SELECT count(DISTINCT session_id) FROM messages")
+            .await,
+        1,
+        "one transcript"
+    );
+    // The third account continues the one conversation.
+    say(&app, "sms", TestMessage::direct("l4", "cyd", "cyd:four"), 4).await;
+    let call = app.model.calls().pop().unwrap();
+    for earlier in ["ada:one", "bea:two", "cyd:three"] {
+        assert!(call.texts.iter().any(|t| t == earlier), "{:?}", call.texts);
+    }
+    // Unlinking gives the account a person of its own again.
+    let alone = store.unlink_account("sms", "cyd").await.unwrap().unwrap();
+    assert_ne!(alone, ada);
+    assert_eq!(store.identity_of("sms", "cyd").await.unwrap(), Some(alone));
+    assert_eq!(app.count("SELECT count(*) FROM identities").await, 2);
+    // Link codes are refused in groups, where everyone would see them.
+    let reply = say(&app, "web", group("l5", "ada", "/link"), 5).await;
+    assert!(reply.contains("direct message"), "{reply}");
+    app.stop().await;
+}
+
+crate::on_both_backends!(linking_three_accounts_in_two_steps_makes_one_person);
+
+/// A database at the schema before identities (migrations up to 0004), holding
+/// one direct and one group conversation; dropped by the caller.
+async fn database_before_identities(backend: Backend) -> (Store, String) {
+    let name = format!("mc_test_{}", uuid::Uuid::new_v4().simple());
+    let url = match backend {
+        Backend::Postgres => {
+            let admin =
+                sqlx::PgPool::connect(&format!("{}/postgres", crate::helpers::postgres_base()))
+                    .await
+                    .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            format!("{}/{name}", crate::helpers::postgres_base())
+        }
+        Backend::Sqlite => format!(
+            "sqlite://{}",
+            std::env::temp_dir()
+                .join(format!("microclaw-{name}"))
+                .join("store.db")
+                .display()
+        ),
+    };
+    let store = Store::open(&microclaw::config::DatabaseConfig {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let before = |mut migrator: sqlx::migrate::Migrator| {
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261125000005)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        migrator
+    };
+    let (direct, group, turn) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let (ada_event, bea_event) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let statements = [
+        "INSERT INTO sessions (id, agent, session_key, is_group, last_inbound_seq, processed_seq)
+         VALUES ($1, 'assistant', 'direct:web:ada', $3, 1, 1)",
+        "INSERT INTO sessions (id, agent, session_key, is_group, last_inbound_seq, processed_seq)
+         VALUES ($2, 'assistant', 'group:web:room', $4, 1, 1)",
+        "INSERT INTO inbound_events (id, connector_id, channel, platform_message_id, session_id, seq,
+                                     sender_id, sender_name, conversation_id, is_group, text,
+                                     trace_id, status, turn_id)
+         VALUES ($6, 'web', 'custom', 'p1', $1, 1, 'ada', 'Ada', 'dm-ada', $3, 'ada:hello', 't',
+                 'answered', $5)",
+        "INSERT INTO inbound_events (id, connector_id, channel, platform_message_id, session_id, seq,
+                                     sender_id, sender_name, conversation_id, is_group, text,
+                                     trace_id, status)
+         VALUES ($7, 'web', 'custom', 'p2', $2, 1, 'bea', 'Bea', 'room', $4, 'bea:hi all', 't',
+                 'answered')",
+        "INSERT INTO turns (id, session_id, first_seq, last_seq, status, trace_id, started_at)
+         VALUES ($5, $1, 1, 1, 'completed', 't', $8)",
+        "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id)
+         VALUES ($1, $5, 'user', 'ada:hello', $6)",
+        "INSERT INTO messages (session_id, turn_id, role, content)
+         VALUES ($1, $5, 'assistant', 'hello Ada')",
+    ];
+    macro_rules! old_database {
+        ($pool:expr, $migrator:expr, $dialect:expr) => {{
+            before($migrator).run($pool).await.unwrap();
+            for statement in statements {
+                sqlx::query(sqlx::AssertSqlSafe($dialect(statement)))
+                    .bind(direct)
+                    .bind(group)
+                    .bind(false)
+                    .bind(true)
+                    .bind(turn)
+                    .bind(ada_event)
+                    .bind(bea_event)
+                    .bind(chrono::Utc::now())
+                    .execute($pool)
+                    .await
+                    .unwrap();
+            }
+        }};
+    }
+    match &store {
+        Store::Postgres(pool) => {
+            old_database!(pool, sqlx::migrate!("./migrations/postgres"), |s: &str| s
+                .to_owned())
+        }
+        Store::Sqlite(pool) => {
+            old_database!(pool, sqlx::migrate!("./migrations/sqlite"), |s: &str| s
+                .replace('$', "?"))
+        }
+    }
+    (store, name)
+}
+
+async fn an_upgrade_gives_earlier_senders_an_identity_and_keeps_their_history(backend: Backend) {
+    let (store, name) = database_before_identities(backend).await;
+    store.migrate().await.unwrap();
+
+    let ada = store
+        .identity_of("web", "ada")
+        .await
+        .unwrap()
+        .expect("ada has an identity");
+    let bea = store
+        .identity_of("web", "bea")
+        .await
+        .unwrap()
+        .expect("bea has an identity");
+    assert_ne!(ada, bea);
+    // Ada's next message continues her old session, with its history.
+    let message = microclaw::channels::InboundMessage {
+        platform_message_id: "p3".into(),
+        sender_id: "ada".into(),
+        sender_name: Some("Ada".into()),
+        conversation_id: "dm-ada".into(),
+        thread_id: None,
+        is_group: false,
+        text: "ada:again".into(),
+        attachments: Vec::new(),
+        sent_at: None,
+    };
+    let routing = microclaw::store::Routing {
+        connector_id: "web",
+        channel: "custom",
+        agent: "assistant",
+    };
+    let microclaw::store::Recorded::Accepted { session_id, .. } =
+        store.record_inbound(&routing, &message, 3).await.unwrap()
+    else {
+        panic!("not a duplicate");
+    };
+    let session = store.session_info(session_id).await.unwrap().unwrap();
+    assert_eq!(session.identity_id, Some(ada));
+    let history = store
+        .recent_history(session.transcript_id, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["ada:hello", "hello Ada"]
+    );
+    // The group session knows its conversation; forgetting reaches old messages.
+    let group = microclaw::channels::InboundMessage {
+        platform_message_id: "p4".into(),
+        sender_id: "bea".into(),
+        conversation_id: "room".into(),
+        is_group: true,
+        ..message
+    };
+    let microclaw::store::Recorded::Accepted {
+        session_id: group_session,
+        ..
+    } = store.record_inbound(&routing, &group, 3).await.unwrap()
+    else {
+        panic!("not a duplicate");
+    };
+    let info = store.session_info(group_session).await.unwrap().unwrap();
+    assert_eq!(info.conversation_key.as_deref(), Some("web:room"));
+    let report = store.forget_identity(ada).await.unwrap().unwrap();
+    assert_eq!((report.messages, report.sessions), (2, 1), "{report:?}");
+
+    match &store {
+        Store::Postgres(pool) => {
+            pool.close().await;
+            let admin =
+                sqlx::PgPool::connect(&format!("{}/postgres", crate::helpers::postgres_base()))
+                    .await
+                    .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await
+            .unwrap();
+        }
+        Store::Sqlite(pool) => {
+            pool.close().await;
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("microclaw-{name}"))).ok();
+        }
+    }
+}
+
+crate::on_both_backends!(an_upgrade_gives_earlier_senders_an_identity_and_keeps_their_history);

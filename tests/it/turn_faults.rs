@@ -153,7 +153,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
     let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10).await.unwrap();
     assert_eq!(events.len(), 1);
     let writes = [MemoryWrite::Fact {
-        identity_id: events[0].identity_id.expect("the sender has an identity"),
+        about_event: events[0].id,
         content: "prefers green tea".into(),
     }];
     let record = |lease| TurnRecord {

@@ -20,7 +20,7 @@
 use sqlx::{Database, Row};
 use uuid::Uuid;
 
-use super::dialect::{Db, FOR_SHARE, FOR_UPDATE, begin, sql};
+use super::dialect::{Db, FOR_NO_KEY_UPDATE, FOR_SHARE, FOR_UPDATE, begin, sql};
 use crate::store::portable::LinkPolicy;
 use crate::store::{
     StoreError,
@@ -128,12 +128,12 @@ pub async fn create_link_code(
     now_ms: i64,
 ) -> Result<String, StoreError> {
     let mut tx = begin(pool).await?;
-    sqlx::query(sql(
-        "DELETE FROM link_codes WHERE expires_ms <= $1 OR used_by IS NOT NULL",
-    ))
-    .bind(now_ms - policy.code_ttl_ms)
-    .execute(&mut *tx)
-    .await?;
+    // Kept a while after expiry, so a rerun of the turn that redeemed one still
+    // finds it (see `LinkOutcome::AlreadyLinked`).
+    sqlx::query(sql("DELETE FROM link_codes WHERE expires_ms <= $1"))
+        .bind(now_ms - policy.code_ttl_ms)
+        .execute(&mut *tx)
+        .await?;
     loop {
         // From the OS random source (UUIDv4), not a seeded PRNG: codes must not
         // be predictable.
@@ -185,9 +185,11 @@ pub async fn redeem_link_code(
     .bind(&code)
     .fetch_optional(&mut *tx)
     .await?;
-    let mine: Option<Uuid> = sqlx::query_scalar(sql(
-        "SELECT identity_id FROM accounts WHERE connector_id = $1 AND sender_id = $2",
-    ))
+    // Locked with the code's row: a concurrent merge that moves this account
+    // (or the code) to another identity finishes before these are read.
+    let mine: Option<Uuid> = sqlx::query_scalar(sql(&format!(
+        "SELECT identity_id FROM accounts WHERE connector_id = $1 AND sender_id = $2{FOR_UPDATE}"
+    )))
     .bind(connector_id)
     .bind(sender_id)
     .fetch_optional(&mut *tx)
@@ -261,6 +263,16 @@ pub async fn merge(conn: &mut Conn, a: Uuid, b: Uuid) -> Result<Uuid, StoreError
         return Ok(a);
     }
     let (survivor, absorbed) = if a < b { (a, b) } else { (b, a) };
+    // Concurrent merges of the same people wait for each other; the absorbed
+    // person's sessions are locked before their messages move, so a turn
+    // committing there either finishes first or sees `merged_into` afterwards.
+    sqlx::query(sql(&format!(
+        "SELECT id FROM identities WHERE id = $1 OR id = $2 ORDER BY id{FOR_NO_KEY_UPDATE}"
+    )))
+    .bind(survivor)
+    .bind(absorbed)
+    .fetch_all(&mut *conn)
+    .await?;
     for statement in [
         "UPDATE accounts SET identity_id = $1 WHERE identity_id = $2",
         // The same fact known on both sides is kept once.
@@ -279,10 +291,10 @@ pub async fn merge(conn: &mut Conn, a: Uuid, b: Uuid) -> Result<Uuid, StoreError
             .execute(&mut *conn)
             .await?;
     }
-    let absorbed_sessions: Vec<(Uuid, String)> = sqlx::query_as(sql(
+    let absorbed_sessions: Vec<(Uuid, String)> = sqlx::query_as(sql(&format!(
         "SELECT id, agent FROM sessions
-          WHERE identity_id = $1 AND is_group = $2 AND merged_into IS NULL ORDER BY id",
-    ))
+          WHERE identity_id = $1 AND is_group = $2 AND merged_into IS NULL ORDER BY id{FOR_UPDATE}"
+    )))
     .bind(absorbed)
     .bind(false)
     .fetch_all(&mut *conn)
@@ -328,10 +340,11 @@ pub async fn merge(conn: &mut Conn, a: Uuid, b: Uuid) -> Result<Uuid, StoreError
         .bind(session_id)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(sql(
-            "UPDATE sessions SET merged_into = $1, session_key = $3, summary = '', summarized_through = 0
-              WHERE id = $2 OR merged_into = $2",
-        ))
+        sqlx::query(sql("UPDATE sessions SET merged_into = $1,
+                    session_key = CASE WHEN id = $2 THEN $3 ELSE session_key END,
+                    summary = CASE WHEN id = $2 THEN '' ELSE summary END,
+                    summarized_through = CASE WHEN id = $2 THEN 0 ELSE summarized_through END
+              WHERE id = $2 OR merged_into = $2"))
         .bind(target)
         .bind(session_id)
         .bind(format!("merged:{session_id}"))
@@ -407,6 +420,16 @@ pub async fn forget(
     if known == 0 {
         return Ok(None);
     }
+    // Receivers and turns touching this person's rows finish first (or wait).
+    for statement in [
+        "SELECT connector_id FROM accounts WHERE identity_id = $1",
+        "SELECT id FROM sessions WHERE identity_id = $1",
+    ] {
+        sqlx::query(sql(&format!("{statement}{FOR_UPDATE}")))
+            .bind(identity_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    }
     let mut report = ForgetReport::default();
     let direct: Vec<Uuid> = sqlx::query_scalar(sql(
         "SELECT id FROM sessions WHERE identity_id = $1 AND is_group = $2",
@@ -426,7 +449,8 @@ pub async fn forget(
         .fetch_all(&mut *tx)
         .await?;
     report.summaries_dropped = sqlx::query(sql(
-        "UPDATE sessions SET summary = '' WHERE is_group = $2 AND summary <> '' AND EXISTS
+        "UPDATE sessions SET summary = '', summarized_through = 0
+          WHERE is_group = $2 AND summary <> '' AND EXISTS
             (SELECT 1 FROM messages m WHERE m.session_id = sessions.id AND m.identity_id = $1
                 AND m.id <= sessions.summarized_through)",
     ))

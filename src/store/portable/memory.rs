@@ -96,18 +96,21 @@ pub async fn unsummarized_count(
 }
 
 /// Stores a new summary covering every message up to `through`, fenced by the
-/// lease of `lease.session_id` (whose transcript is `transcript_id`): a worker
-/// that lost the session writes nothing. False when fenced.
+/// lease of `lease.session_id` (whose transcript is `transcript_id`) and by the
+/// summary it was built from (`built_on`: summary and mark as read): a worker that
+/// lost the session, or a merge that changed the transcript meanwhile, makes it
+/// write nothing. False when fenced.
 pub async fn save_summary(
     pool: &sqlx::Pool<Db>,
     lease: Lease,
     transcript_id: Uuid,
+    built_on: (&str, i64),
     summary: &str,
     through: i64,
 ) -> Result<bool, StoreError> {
     let updated = sqlx::query(sql(
         "UPDATE sessions SET summary = $3, summarized_through = $4
-          WHERE id = $1 AND summarized_through < $4
+          WHERE id = $1 AND summary = $6 AND summarized_through = $7
             AND EXISTS (SELECT 1 FROM sessions l WHERE l.id = $2 AND l.lease_epoch = $5)",
     ))
     .bind(transcript_id)
@@ -115,6 +118,8 @@ pub async fn save_summary(
     .bind(without_nul(summary))
     .bind(through)
     .bind(lease.epoch)
+    .bind(built_on.0)
+    .bind(built_on.1)
     .execute(pool)
     .await?
     .rows_affected();
@@ -130,41 +135,48 @@ pub async fn apply_writes(
 ) -> Result<(), StoreError> {
     let now = chrono::Utc::now();
     for write in writes {
-        let (scope, identity_id, conversation_key, content) = match write {
+        match write {
             MemoryWrite::Fact {
-                identity_id,
+                about_event,
                 content,
-            } => ("user", Some(*identity_id), None, content),
+            } => {
+                // Nothing when the person was forgotten meanwhile.
+                sqlx::query(sql(
+                    "INSERT INTO memories (id, scope, identity_id, content, turn_id, created_at)
+                     SELECT $1, 'user', identity_id, $2, $3, $4 FROM inbound_events
+                      WHERE id = $5 AND identity_id IS NOT NULL",
+                ))
+                .bind(Uuid::now_v7())
+                .bind(without_nul(content))
+                .bind(turn_id)
+                .bind(now)
+                .bind(about_event)
+                .execute(&mut *conn)
+                .await?;
+            }
             MemoryWrite::Note {
                 conversation_key,
                 content,
-            } => (
-                "conversation",
-                None,
-                Some(conversation_key.as_str()),
-                content,
-            ),
+            } => {
+                sqlx::query(sql(
+                    "INSERT INTO memories (id, scope, conversation_key, content, turn_id, created_at)
+                     VALUES ($1, 'conversation', $2, $3, $4, $5)",
+                ))
+                .bind(Uuid::now_v7())
+                .bind(conversation_key)
+                .bind(without_nul(content))
+                .bind(turn_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
             MemoryWrite::Forget { id } => {
                 sqlx::query(sql("DELETE FROM memories WHERE id = $1"))
                     .bind(id)
                     .execute(&mut *conn)
                     .await?;
-                continue;
             }
-        };
-        sqlx::query(sql(
-            "INSERT INTO memories (id, scope, identity_id, conversation_key, content, turn_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        ))
-        .bind(Uuid::now_v7())
-        .bind(scope)
-        .bind(identity_id)
-        .bind(conversation_key)
-        .bind(without_nul(content))
-        .bind(turn_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        }
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ pub(crate) mod dialect {
     pub const BACKEND: Backend = Backend::Postgres;
     pub const FOR_SHARE: &str = " FOR SHARE";
     pub const FOR_UPDATE: &str = " FOR UPDATE";
+    pub const FOR_NO_KEY_UPDATE: &str = " FOR NO KEY UPDATE";
 
     pub fn sql(text: &str) -> sqlx::AssertSqlSafe<String> {
         sqlx::AssertSqlSafe(text.to_owned())

@@ -204,14 +204,15 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
         sqlx::query(
             "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name,
                                    identity_id)
-             VALUES ($1, $2, 'user', $3, $4, $5, $6)",
+             -- The event's person now: a merge during the turn may have moved it.
+             VALUES ($1, $2, 'user', $3, $4, $5,
+                     (SELECT identity_id FROM inbound_events WHERE id = $4))",
         )
         .bind(transcript_id)
         .bind(turn.turn_id)
         .bind(without_nul(&event.text))
         .bind(event.id)
         .bind(&event.sender_name)
-        .bind(event.identity_id)
         .execute(&mut *tx)
         .await?;
     }

@@ -39,6 +39,7 @@ pub(crate) mod dialect {
     /// Write transactions hold the file's write lock (`BEGIN IMMEDIATE`).
     pub const FOR_SHARE: &str = "";
     pub const FOR_UPDATE: &str = "";
+    pub const FOR_NO_KEY_UPDATE: &str = "";
 
     /// `$1` → `?1`: SQLite numbers `?NNN` parameters explicitly, so each keeps
     /// its position however often and in whatever order it appears.
