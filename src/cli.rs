@@ -83,6 +83,17 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         wait_secs: u64,
     },
+    /// Serve the admin API (/admin/v1 on admin.listen), or, with a subcommand, talk to it.
+    ///
+    /// `microclaw admin deliveries list --status dead --channel slack`, `… show ID`,
+    /// `… retry ID | --all [filters]`, `… discard ID | --all [filters] --reason …`,
+    /// `microclaw admin queues`. Tables by default, --json for scripts.
+    Admin {
+        #[command(subcommand)]
+        command: Option<crate::admin::client::AdminCommand>,
+        #[command(flatten)]
+        client: crate::admin::client::ClientArgs,
+    },
     /// People: show, link and unlink accounts, forget someone entirely.
     ///
     /// PERSON is an identity id, or an account as CONNECTOR:SENDER_ID (e.g. web:alice).
@@ -152,6 +163,15 @@ pub fn main() -> ExitCode {
         Command::Dev { data_dir, listen } => {
             runtime.block_on(run_dev(&cli.config, data_dir, &listen))
         }
+        // A client of the admin API: no configuration needed.
+        Command::Admin {
+            command: Some(command),
+            client,
+        } => runtime.block_on(async {
+            crate::install_tls_provider();
+            println!("{}", crate::admin::client::run(&client, command).await?);
+            Ok(())
+        }),
         command => {
             let settings = match Settings::load(&cli.config) {
                 Ok(settings) => settings,
@@ -186,7 +206,12 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
     let secret = crate::dev::dev_secret(&data_dir)?;
     let listener = roles::bind(listen).await?;
     let bound = listener.local_addr()?.to_string();
-    let settings = crate::dev::settings(&data_dir, &bound, config, &secret)?;
+    let mut settings = crate::dev::settings(&data_dir, &bound, config, &secret)?;
+    let admin_token = crate::dev::admin_token(&data_dir)?;
+    settings.admin.tokens.push((
+        secrecy::SecretString::from(admin_token.clone()),
+        crate::config::AdminScope::Operate,
+    ));
     crate::telemetry::init(&settings.log);
     let agent_model = settings
         .agents
@@ -204,6 +229,7 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
             address: address.clone(),
             connector: crate::dev::DEV_CONNECTOR.to_owned(),
             secret: secret.clone(),
+            admin_token: admin_token.clone(),
         },
     )?;
     println!("MicroClaw dev is running.");
@@ -220,6 +246,10 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
             data_dir.join("dev.json").display()
         );
     }
+    println!(
+        "  admin:    {address}{} (Authorization: Bearer {admin_token})",
+        crate::admin::PREFIX
+    );
     println!("  health:   {address}/healthz");
     println!("Try it:    microclaw send \"hello\"");
 
@@ -229,7 +259,8 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
         trigger.trigger();
     });
     let app = crate::receiver::router(deployment.clone())
-        .merge(crate::dev::router(deployment.clone(), &secret)?);
+        .merge(crate::dev::router(deployment.clone(), &secret)?)
+        .merge(crate::admin::router(deployment.clone()));
     let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown.clone()));
     let worker = roles::run_worker(deployment, None, shutdown).await;
     receiver.await??;
@@ -306,17 +337,35 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if migrate_first {
                 migrate(&deployment).await?;
             }
-            let receiver = tokio::spawn(roles::serve_receiver(
-                deployment.clone(),
-                listener,
-                shutdown.clone(),
-            ));
+            let app = crate::receiver::router(deployment.clone())
+                .merge(crate::admin::router(deployment.clone()));
+            let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown.clone()));
             let worker = roles::run_worker(deployment, None, shutdown).await;
             receiver.await??;
             worker
         }
+        Command::Admin {
+            command: None,
+            client: _,
+        } => {
+            let listener = roles::bind(&settings.admin.listen).await?;
+            if settings.admin.tokens.is_empty() {
+                tracing::warn!(
+                    "admin.tokens is empty: every admin request will be refused with 401"
+                );
+            }
+            let deployment = Deployment::new(settings).await?;
+            let app = crate::admin::router(deployment.clone())
+                .merge(crate::health::router(deployment.store.clone()));
+            roles::serve_http(app, listener, shutdown).await
+        }
         // Answered in `main`.
-        Command::Config { .. } | Command::Dev { .. } | Command::Send { .. } => Ok(()),
+        Command::Admin {
+            command: Some(_), ..
+        }
+        | Command::Config { .. }
+        | Command::Dev { .. }
+        | Command::Send { .. } => Ok(()),
     }
 }
 

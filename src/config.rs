@@ -132,6 +132,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub identity: IdentityConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
@@ -467,6 +469,48 @@ impl Default for MemoryConfig {
     }
 }
 
+/// The admin API (`microclaw admin`, also served by `all` and `dev`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where the `admin` role serves `/admin/v1` (`all` serves it on receiver.listen).
+    pub listen: String,
+    /// Bearer tokens, each read from an environment variable, with its scope.
+    pub tokens: Vec<AdminTokenConfig>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8082".into(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    pub token_env: String,
+    pub scope: AdminScope,
+}
+
+/// What a token may do: `read` sees everything, `operate` may also retry,
+/// discard, link and forget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminScope {
+    Read,
+    Operate,
+}
+
+/// The resolved admin settings: tokens read from the environment.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: String,
+    pub tokens: Vec<(SecretString, AdminScope)>,
+}
+
 /// Linking a person's accounts with one-time codes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -699,6 +743,7 @@ pub struct Settings {
     pub router: RouterConfig,
     pub memory: MemoryConfig,
     pub identity: IdentityConfig,
+    pub admin: AdminSettings,
     pub agents: BTreeMap<String, AgentConfig>,
     pub connectors: BTreeMap<String, ConnectorSettings>,
 }
@@ -989,6 +1034,29 @@ impl Settings {
                 "identity.link_max_failures".into(),
                 "must be positive".into(),
             );
+        }
+        let mut admin = AdminSettings {
+            listen: raw.admin.listen.clone(),
+            tokens: Vec::new(),
+        };
+        for (i, token) in raw.admin.tokens.iter().enumerate() {
+            match env(&token.token_env) {
+                // Short tokens can be guessed; the API is an operator's door.
+                Some(value) if value.len() >= 16 => {
+                    admin.tokens.push((SecretString::from(value), token.scope))
+                }
+                Some(_) => problem(
+                    format!("admin.tokens[{i}].token_env"),
+                    format!(
+                        "the token in {} is shorter than 16 characters",
+                        token.token_env
+                    ),
+                ),
+                None => problem(
+                    format!("admin.tokens[{i}].token_env"),
+                    format!("environment variable {} is not set", token.token_env),
+                ),
+            }
         }
         if raw.worker.turn_job_attempts == 0 {
             problem("worker.turn_job_attempts".into(), "must be positive".into());
@@ -1374,6 +1442,7 @@ impl Settings {
             router: raw.router,
             memory: raw.memory,
             identity: raw.identity,
+            admin,
             agents,
             connectors,
         })

@@ -51,6 +51,9 @@ pub struct DevInfo {
     pub address: String,
     pub connector: String,
     pub secret: String,
+    /// An `operate` token for the admin API at `{address}/admin/v1`.
+    #[serde(default)]
+    pub admin_token: String,
 }
 
 /// Keeps a second `microclaw dev` off the same data directory while held.
@@ -84,6 +87,20 @@ pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
     let secret = format!("whsec_{}", STANDARD.encode(bytes));
     write_private(&path, secret.as_bytes())?;
     Ok(secret)
+}
+
+/// The dev instance's admin token, created on first start and kept in the data
+/// directory (owner-only).
+pub fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path)
+        && token.trim().len() >= 16
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let token = format!("mcadm_{}", Uuid::new_v4().simple());
+    write_private(&path, token.as_bytes())?;
+    Ok(token)
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {

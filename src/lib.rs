@@ -4,6 +4,7 @@
 //! before answering; workers run turns against a model and deliver replies, with
 //! the guarantees of DESIGN.md ("Guarantees") holding under concurrency and crashes.
 
+pub mod admin;
 pub mod channels;
 pub mod cli;
 pub mod config;

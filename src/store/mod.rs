@@ -315,6 +315,58 @@ impl Store {
         portable!(self, memory::purge_older_than(cutoff))
     }
 
+    /// Deliveries matching `filter`, newest first, after the cursor `before`.
+    pub async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        portable!(self, admin::list_deliveries(filter, before, limit))
+    }
+
+    /// The dead deliveries matching `filter`, `limit` at most.
+    pub async fn dead_delivery_ids(
+        &self,
+        filter: &DeliveryFilter,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        portable!(self, admin::dead_delivery_ids(filter, limit))
+    }
+
+    pub async fn show_delivery(&self, id: Uuid) -> Result<Option<DeliveryDetail>, StoreError> {
+        portable!(self, admin::show_delivery(id))
+    }
+
+    /// One new attempt for a dead delivery's reply (see `portable::admin`).
+    pub async fn retry_delivery(&self, id: Uuid) -> Result<AdminOutcome, StoreError> {
+        portable!(self, admin::retry_delivery(id))
+    }
+
+    pub async fn discard_delivery(
+        &self,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<AdminOutcome, StoreError> {
+        portable!(self, admin::discard_delivery(id, reason))
+    }
+
+    /// Claims an Idempotency-Key; the stored answer when it was seen before.
+    pub async fn claim_admin_request(
+        &self,
+        key: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        portable!(self, admin::claim_request(key))
+    }
+
+    pub async fn finish_admin_request(&self, key: &str, response: &str) -> Result<(), StoreError> {
+        portable!(self, admin::finish_request(key, response))
+    }
+
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        portable!(self, admin::queue_stats())
+    }
+
     /// The identity of an account, if it has written to us.
     pub async fn identity_of(
         &self,

@@ -319,7 +319,16 @@ pub struct RecalledMessage {
 }
 
 /// One platform account of a person.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Account {
     pub connector_id: String,
     pub sender_id: String,
@@ -348,7 +357,9 @@ pub enum LinkOutcome {
 }
 
 /// What `forget` deleted, by kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct ForgetReport {
     pub accounts: u64,
     pub sessions: u64,
@@ -366,4 +377,120 @@ pub struct PurgeReport {
     pub messages: u64,
     pub inbound_events: u64,
     pub deliveries: u64,
+}
+
+/// A delivery as the admin queue lists it.
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct DeliverySummary {
+    pub id: Uuid,
+    pub turn_id: Uuid,
+    pub session_id: Uuid,
+    pub connector_id: String,
+    pub channel: String,
+    /// Which part of the reply (long replies are split per the platform's limit).
+    pub part: i32,
+    /// pending | delivered | dead | discarded
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// retryable | rate_limited | permanent | exhausted | earlier_part_failed
+    pub error_class: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub dead_at: Option<DateTime<Utc>>,
+    pub discard_reason: Option<String>,
+}
+
+/// One attempt of a delivery.
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct DeliveryAttempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// delivered | retryable | rate_limited | permanent (None while running)
+    pub outcome: Option<String>,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// A delivery with its reply text, where it goes, and every attempt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    pub text: String,
+    /// Where the reply goes: conversation, thread, recipient, the messages it answers.
+    #[schema(value_type = Object)]
+    pub target: serde_json::Value,
+    pub trace_id: String,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub history: Vec<DeliveryAttempt>,
+}
+
+/// Which deliveries to list or act on; every field narrows.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::IntoParams,
+    utoipa::ToSchema,
+)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryFilter {
+    /// pending | delivered | dead | discarded
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub connector: Option<String>,
+    pub error_class: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// What an admin action did to one delivery.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum AdminOutcome {
+    /// Done: for a retry, the deliveries set to go again (the reply's earliest
+    /// dead part, which gets one new attempt, and the later parts waiting on it).
+    Done {
+        ids: Vec<Uuid>,
+    },
+    /// Left alone: only dead deliveries are retried or discarded.
+    Skipped {
+        status: String,
+    },
+    NotFound,
+}
+
+/// One queue's state.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Due and waiting for a worker.
+    pub waiting: i64,
+    /// Scheduled for later (retries, Retry-After waits).
+    pub delayed: i64,
+    pub running: i64,
+    pub failed: i64,
+    pub done: i64,
+    /// Seconds the oldest due job has waited.
+    pub oldest_waiting_secs: Option<i64>,
 }

@@ -27,6 +27,8 @@ pub const SLACK_SIGNING_SECRET: &str = "microclaw-test-signing-secret-0001";
 pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token";
 pub const WHATSAPP_APP_SECRET: &str = "0123456789abcdef0123456789abcdef";
 pub const TWILIO_AUTH_TOKEN: &str = "microclaw_test_auth_token_00001";
+pub const ADMIN_TOKEN: &str = "mcadm_test_operate_token_0001";
+pub const ADMIN_READ_TOKEN: &str = "mcadm_test_read_token_00001";
 
 pub fn postgres_base() -> String {
     std::env::var("MICROCLAW_TEST_POSTGRES")
@@ -211,6 +213,12 @@ request_timeout = "2s"
 [log]
 level = "warn"
 
+[admin]
+tokens = [
+    {{ token_env = "TEST_ADMIN_TOKEN", scope = "operate" }},
+    {{ token_env = "TEST_ADMIN_READ_TOKEN", scope = "read" }},
+]
+
 [models.fake]
 provider = "{provider}"
 base_url = "{model_url}"
@@ -274,6 +282,8 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_WA_TOKEN" => Some("wa-access-token".into()),
         "TEST_WA_VERIFY" => Some("microclaw-verify".into()),
         "TEST_TWILIO_TOKEN" => Some(TWILIO_AUTH_TOKEN.into()),
+        "TEST_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "TEST_ADMIN_READ_TOKEN" => Some(ADMIN_READ_TOKEN.into()),
         _ => None,
     }
 }
@@ -360,11 +370,10 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = Shutdown::new();
-        let receiver = tokio::spawn(roles::serve_receiver(
-            deployment.clone(),
-            listener,
-            shutdown,
-        ));
+        // As `microclaw all` serves it: the webhooks and the admin API.
+        let app = microclaw::receiver::router(deployment.clone())
+            .merge(microclaw::admin::router(deployment.clone()));
+        let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown));
         let pool = match db.backend {
             Backend::Postgres => TestPool::Postgres(PgPool::connect(&db.url).await.unwrap()),
             Backend::Sqlite => TestPool::Sqlite(
@@ -608,6 +617,8 @@ impl TestApp {
             .env_remove("DATABASE_URL")
             .env("TEST_SECRET", SECRET)
             .env("TEST_MODEL_KEY", "sk-test")
+            .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TEST_ADMIN_READ_TOKEN", ADMIN_READ_TOKEN)
             .env("RUST_LOG", "warn");
         command
     }

@@ -1,6 +1,7 @@
 //! Integration tests: real Postgres and Redis, a fresh database per test, the app on
 //! port 0, fake model and platform servers on loopback.
 
+mod admin;
 mod cli;
 mod delivery;
 mod dev;

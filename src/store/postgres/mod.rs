@@ -2,6 +2,12 @@
 //! (apalis-postgres). Jobs are pushed inside the transaction that records the
 //! state needing them, so a job exists if and only if that state committed.
 
+#[path = "../portable/admin.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod admin;
 pub mod deliveries;
 #[path = "../portable/identity.rs"]
 #[allow(
@@ -37,6 +43,14 @@ pub(crate) mod dialect {
         pool: &sqlx::Pool<Db>,
     ) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
         Ok(pool.begin().await?)
+    }
+
+    /// Queues a delivery attempt's job in the caller's transaction.
+    pub async fn enqueue_delivery(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job: &microclaw_jobs::DeliveryJob,
+    ) -> Result<(), StoreError> {
+        super::sessions::enqueue_delivery(tx, job, None).await
     }
 }
 

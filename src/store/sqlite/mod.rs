@@ -13,6 +13,12 @@
 //! session lease protocol then holds exactly as with Postgres row locks. Lease
 //! times are unix milliseconds from this process's clock (one process owns the file).
 
+#[path = "../portable/admin.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod admin;
 pub mod deliveries;
 #[path = "../portable/identity.rs"]
 #[allow(
@@ -51,6 +57,21 @@ pub(crate) mod dialect {
         pool: &sqlx::Pool<Db>,
     ) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
         super::begin_write(pool).await
+    }
+
+    /// Queues a delivery attempt's job in the caller's transaction.
+    pub async fn enqueue_delivery(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job: &microclaw_jobs::DeliveryJob,
+    ) -> Result<(), StoreError> {
+        super::enqueue(
+            tx,
+            job,
+            job.idempotency_key(),
+            crate::store::DELIVERY_JOB_ATTEMPTS,
+            None,
+        )
+        .await
     }
 }
 

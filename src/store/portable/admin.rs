@@ -1,0 +1,283 @@
+//! The admin queue: listing deliveries, retrying and discarding dead ones, queue
+//! depth. Written once for both backends (see `store::portable`).
+//!
+//! Only a `dead` delivery is ever retried or discarded, by one conditional
+//! UPDATE under the row lock, so a delivery that is running or delivered is never
+//! touched and two concurrent retries of one delivery give it one new attempt. A
+//! retry starts from the reply's earliest dead part (parts go out in order): that
+//! part gets exactly one new attempt (`max_attempts = attempts + 1`), its job is
+//! queued in the same transaction, and the later parts that died waiting on it
+//! (`earlier_part_failed`) go back to pending, to be queued one after the other
+//! as each part is delivered.
+
+use microclaw_jobs::DeliveryJob;
+use uuid::Uuid;
+
+use super::dialect::{BACKEND, Backend, Db, FOR_UPDATE, begin, enqueue_delivery, sql};
+use crate::store::{
+    StoreError,
+    records::{
+        AdminOutcome, DeliveryAttempt, DeliveryDetail, DeliveryFilter, DeliverySummary, QueueStats,
+    },
+};
+
+const SUMMARY_COLUMNS: &str =
+    "id, turn_id, session_id, connector_id, channel, part, status, attempts,
+    max_attempts, error_class, last_error, created_at, dead_at, discard_reason";
+
+/// The WHERE clause of a filter; its values bind as $1..$6.
+const FILTER: &str = "($1 IS NULL OR status = $1) AND ($2 IS NULL OR channel = $2)
+    AND ($3 IS NULL OR connector_id = $3) AND ($4 IS NULL OR error_class = $4)
+    AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)";
+
+/// Deliveries matching `filter`, newest first, `limit` at most, older than the
+/// cursor `before` (the last id of the previous page).
+pub async fn list_deliveries(
+    pool: &sqlx::Pool<Db>,
+    filter: &DeliveryFilter,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeliverySummary>, StoreError> {
+    Ok(sqlx::query_as(sql(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM deliveries
+          WHERE {FILTER} AND ($7 IS NULL OR id < $7)
+          ORDER BY id DESC LIMIT $8"
+    )))
+    .bind(&filter.status)
+    .bind(&filter.channel)
+    .bind(&filter.connector)
+    .bind(&filter.error_class)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The ids of the dead deliveries matching `filter` (a bulk action's selection).
+pub async fn dead_delivery_ids(
+    pool: &sqlx::Pool<Db>,
+    filter: &DeliveryFilter,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(sql(&format!(
+        "SELECT id FROM deliveries WHERE {FILTER} AND status = 'dead' ORDER BY id LIMIT $7"
+    )))
+    .bind(&filter.status)
+    .bind(&filter.channel)
+    .bind(&filter.connector)
+    .bind(&filter.error_class)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One delivery with its text, target and attempts.
+pub async fn show_delivery(
+    pool: &sqlx::Pool<Db>,
+    id: Uuid,
+) -> Result<Option<DeliveryDetail>, StoreError> {
+    let Some(summary): Option<DeliverySummary> = sqlx::query_as(sql(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM deliveries WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    type Rest = (
+        String,
+        sqlx::types::Json<serde_json::Value>,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let (text, target, trace_id, delivered_at): Rest = sqlx::query_as(sql(
+        "SELECT text, target, trace_id, delivered_at FROM deliveries WHERE id = $1",
+    ))
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    let history: Vec<DeliveryAttempt> = sqlx::query_as(sql(
+        "SELECT attempt, started_at, finished_at, outcome, status_code, error
+           FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(DeliveryDetail {
+        summary,
+        text,
+        target: target.0,
+        trace_id,
+        delivered_at,
+        history,
+    }))
+}
+
+/// Gives a dead delivery's reply one new attempt from its earliest dead part.
+pub async fn retry_delivery(pool: &sqlx::Pool<Db>, id: Uuid) -> Result<AdminOutcome, StoreError> {
+    let mut tx = begin(pool).await?;
+    let row: Option<(Uuid, String, String)> = sqlx::query_as(sql(&format!(
+        "SELECT turn_id, connector_id, status FROM deliveries WHERE id = $1{FOR_UPDATE}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((turn_id, connector_id, status)) = row else {
+        return Ok(AdminOutcome::NotFound);
+    };
+    if status != "dead" {
+        return Ok(AdminOutcome::Skipped { status });
+    }
+    let parts: Vec<(Uuid, i32, i32, String, Option<String>)> = sqlx::query_as(sql(&format!(
+        "SELECT id, part, attempts, trace_id, error_class FROM deliveries
+          WHERE turn_id = $1 AND connector_id = $2 AND status = 'dead'
+          ORDER BY part{FOR_UPDATE}"
+    )))
+    .bind(turn_id)
+    .bind(&connector_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let Some((first, first_part, attempts, trace_id, _)) = parts.first().cloned() else {
+        return Ok(AdminOutcome::Skipped { status });
+    };
+    sqlx::query(sql(
+        "UPDATE deliveries SET status = 'pending', dead_at = NULL, error_class = NULL,
+                last_error = NULL, next_attempt_at = $2, max_attempts = attempts + 1
+          WHERE id = $1 AND status = 'dead'",
+    ))
+    .bind(first)
+    .bind(chrono::Utc::now())
+    .execute(&mut *tx)
+    .await?;
+    let mut ids = vec![first];
+    for (later, part, _, _, class) in parts.iter().skip(1) {
+        if *part > first_part && class.as_deref() == Some("earlier_part_failed") {
+            sqlx::query(sql(
+                "UPDATE deliveries SET status = 'pending', dead_at = NULL, error_class = NULL,
+                        last_error = NULL
+                  WHERE id = $1 AND status = 'dead'",
+            ))
+            .bind(later)
+            .execute(&mut *tx)
+            .await?;
+            ids.push(*later);
+        }
+    }
+    let job = DeliveryJob::new(first, attempts as u32 + 1, &trace_id);
+    enqueue_delivery(&mut tx, &job).await?;
+    tx.commit().await?;
+    Ok(AdminOutcome::Done { ids })
+}
+
+/// Discards a dead delivery, keeping the reason.
+pub async fn discard_delivery(
+    pool: &sqlx::Pool<Db>,
+    id: Uuid,
+    reason: &str,
+) -> Result<AdminOutcome, StoreError> {
+    let mut tx = begin(pool).await?;
+    let status: Option<String> = sqlx::query_scalar(sql(&format!(
+        "SELECT status FROM deliveries WHERE id = $1{FOR_UPDATE}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match status {
+        None => AdminOutcome::NotFound,
+        Some(status) if status != "dead" => AdminOutcome::Skipped { status },
+        Some(_) => {
+            sqlx::query(sql(
+                "UPDATE deliveries SET status = 'discarded', discard_reason = $2, discarded_at = $3
+                  WHERE id = $1 AND status = 'dead'",
+            ))
+            .bind(id)
+            .bind(reason)
+            .bind(chrono::Utc::now())
+            .execute(&mut *tx)
+            .await?;
+            AdminOutcome::Done { ids: vec![id] }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Claims an Idempotency-Key: None when it is new (the caller acts, then calls
+/// [`finish_request`]), else the answer stored for it (None inside when the
+/// first request is still running).
+pub async fn claim_request(
+    pool: &sqlx::Pool<Db>,
+    key: &str,
+) -> Result<Option<Option<String>>, StoreError> {
+    let mut tx = begin(pool).await?;
+    let inserted = sqlx::query(sql(
+        "INSERT INTO admin_requests (key, created_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+    ))
+    .bind(key)
+    .bind(chrono::Utc::now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let stored = if inserted == 1 {
+        None
+    } else {
+        Some(
+            sqlx::query_scalar(sql("SELECT response FROM admin_requests WHERE key = $1"))
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?,
+        )
+    };
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Stores the answer of a claimed request.
+pub async fn finish_request(
+    pool: &sqlx::Pool<Db>,
+    key: &str,
+    response: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(sql(
+        "UPDATE admin_requests SET response = $2 WHERE key = $1",
+    ))
+    .bind(key)
+    .bind(response)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Depth and age of every queue.
+pub async fn queue_stats(pool: &sqlx::Pool<Db>) -> Result<Vec<QueueStats>, StoreError> {
+    let statement = match BACKEND {
+        Backend::Postgres => {
+            "SELECT job_type AS queue,
+                    CAST(SUM(CASE WHEN status IN ('Pending', 'Queued') AND run_at <= now() THEN 1 ELSE 0 END) AS BIGINT) AS waiting,
+                    CAST(SUM(CASE WHEN status IN ('Pending', 'Queued') AND run_at > now() THEN 1 ELSE 0 END) AS BIGINT) AS delayed,
+                    CAST(SUM(CASE WHEN status = 'Running' THEN 1 ELSE 0 END) AS BIGINT) AS running,
+                    CAST(SUM(CASE WHEN status IN ('Failed', 'Killed') THEN 1 ELSE 0 END) AS BIGINT) AS failed,
+                    CAST(SUM(CASE WHEN status = 'Done' THEN 1 ELSE 0 END) AS BIGINT) AS done,
+                    CAST(EXTRACT(EPOCH FROM now() - MIN(CASE WHEN status IN ('Pending', 'Queued')
+                         AND run_at <= now() THEN run_at END)) AS BIGINT) AS oldest_waiting_secs
+               FROM apalis.jobs GROUP BY job_type ORDER BY job_type"
+        }
+        Backend::Sqlite => {
+            "SELECT job_type AS queue,
+                    SUM(CASE WHEN status IN ('Pending', 'Queued') AND run_at <= CAST(strftime('%s', 'now') AS INTEGER) THEN 1 ELSE 0 END) AS waiting,
+                    SUM(CASE WHEN status IN ('Pending', 'Queued') AND run_at > CAST(strftime('%s', 'now') AS INTEGER) THEN 1 ELSE 0 END) AS delayed,
+                    SUM(CASE WHEN status = 'Running' THEN 1 ELSE 0 END) AS running,
+                    SUM(CASE WHEN status IN ('Failed', 'Killed') THEN 1 ELSE 0 END) AS failed,
+                    SUM(CASE WHEN status = 'Done' THEN 1 ELSE 0 END) AS done,
+                    CAST(strftime('%s', 'now') AS INTEGER) - MIN(CASE WHEN status IN ('Pending', 'Queued')
+                         AND run_at <= CAST(strftime('%s', 'now') AS INTEGER) THEN run_at END) AS oldest_waiting_secs
+               FROM Jobs GROUP BY job_type ORDER BY job_type"
+        }
+    };
+    Ok(sqlx::query_as(sql(statement)).fetch_all(pool).await?)
+}
