@@ -10,3 +10,10 @@ CREATE TABLE admin_requests (
     response    TEXT,
     created_at  TIMESTAMPTZ NOT NULL
 );
+
+-- A failed turn (the person got the apology) an operator acted on: `rerun` (its
+-- messages were answered again) or `discarded`, with why and when.
+ALTER TABLE turns ADD COLUMN resolution TEXT;
+ALTER TABLE turns ADD COLUMN resolution_reason TEXT;
+ALTER TABLE turns ADD COLUMN resolved_at TIMESTAMPTZ;
+CREATE INDEX turns_failed ON turns (finished_at DESC) WHERE status = 'failed';

@@ -8,3 +8,8 @@ CREATE TABLE admin_requests (
     response    TEXT,
     created_at  TEXT NOT NULL
 );
+
+ALTER TABLE turns ADD COLUMN resolution TEXT;
+ALTER TABLE turns ADD COLUMN resolution_reason TEXT;
+ALTER TABLE turns ADD COLUMN resolved_at TEXT;
+CREATE INDEX turns_failed ON turns (finished_at DESC) WHERE status = 'failed';

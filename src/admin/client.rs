@@ -1,4 +1,5 @@
-//! `microclaw admin …`: the command-line client of the admin API. It talks HTTP
+//! `microclaw admin …`: the command-line client of the admin API (deliveries,
+//! turns, queues, usage). It talks HTTP
 //! to a running admin endpoint (URL and token from flags or environment), so it
 //! works from an operator's machine against any deployment.
 
@@ -8,7 +9,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{BulkResponse, DeliveryPage, PREFIX};
-use crate::store::{AdminOutcome, DeliveryDetail, DeliveryFilter, QueueStats};
+use crate::store::{
+    AdminOutcome, DeliveryDetail, DeliveryFilter, QueueStats, TurnSummary, UsageRow,
+};
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -40,8 +43,39 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Failed turns (the person got the apology): list, show, rerun, discard.
+    Turns {
+        #[command(subcommand)]
+        command: TurnsCommand,
+    },
     /// Depth, oldest waiting job's age, running and failed jobs per queue.
     Queues,
+    /// Tokens and cost by day, agent and model (the last 30 days).
+    Usage,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TurnsCommand {
+    /// Failed turns nobody acted on yet, newest first (--all-turns: every turn).
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        /// Every turn, completed ones and resolved failures included.
+        #[arg(long)]
+        all_turns: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One turn with its messages, tool calls and error.
+    Show { id: Uuid },
+    /// Answer a failed turn's messages again.
+    Rerun { id: Uuid },
+    /// Mark a failed turn discarded, with a reason.
+    Discard {
+        id: Uuid,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -145,6 +179,136 @@ pub async fn run(args: &ClientArgs, command: AdminCommand) -> anyhow::Result<Str
             ))
         }
         AdminCommand::Deliveries { command } => deliveries(&client, command).await,
+        AdminCommand::Turns { command } => turns(&client, command).await,
+        AdminCommand::Usage => {
+            let body = client.call(Method::GET, "/usage", None).await?;
+            if args.json {
+                return Ok(body.to_string());
+            }
+            let rows: Vec<UsageRow> = serde_json::from_value(body)?;
+            Ok(table(
+                &[
+                    "DAY", "AGENT", "MODEL", "CALLS", "INPUT", "OUTPUT", "COST USD",
+                ],
+                rows.iter()
+                    .map(|r| {
+                        vec![
+                            r.day.clone(),
+                            r.agent.clone(),
+                            r.model.clone(),
+                            r.calls.to_string(),
+                            r.input_tokens.to_string(),
+                            r.output_tokens.to_string(),
+                            format!("{:.4}", r.cost_usd),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+async fn turns(client: &Client<'_>, command: TurnsCommand) -> anyhow::Result<String> {
+    let json = client.args.json;
+    let body = match &command {
+        TurnsCommand::List {
+            agent,
+            all_turns,
+            limit,
+        } => {
+            let mut path = format!("/turns?limit={limit}");
+            if !all_turns {
+                path.push_str("&status=failed&unresolved=true");
+            }
+            if let Some(agent) = agent {
+                path.push_str(&format!("&agent={}", urlencode(agent)));
+            }
+            client.call(Method::GET, &path, None).await?
+        }
+        TurnsCommand::Show { id } => {
+            client
+                .call(Method::GET, &format!("/turns/{id}"), None)
+                .await?
+        }
+        TurnsCommand::Rerun { id } => {
+            client
+                .call(Method::POST, &format!("/turns/{id}/rerun"), None)
+                .await?
+        }
+        TurnsCommand::Discard { id, reason } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/turns/{id}/discard"),
+                    Some(json!({ "reason": reason })),
+                )
+                .await?
+        }
+    };
+    if json {
+        return Ok(body.to_string());
+    }
+    let turn_row = |t: &TurnSummary| {
+        vec![
+            t.id.to_string(),
+            t.agent.clone(),
+            t.status.clone(),
+            t.resolution.clone().unwrap_or_else(|| "-".into()),
+            t.model.clone().unwrap_or_else(|| "-".into()),
+            t.events.to_string(),
+            t.error.clone().unwrap_or_default(),
+        ]
+    };
+    const HEADERS: &[&str] = &[
+        "ID",
+        "AGENT",
+        "STATUS",
+        "RESOLUTION",
+        "MODEL",
+        "MESSAGES",
+        "ERROR",
+    ];
+    Ok(match command {
+        TurnsCommand::List { .. } => {
+            let page: super::TurnPage = serde_json::from_value(body)?;
+            table(HEADERS, page.items.iter().map(turn_row).collect())
+        }
+        TurnsCommand::Show { .. } => {
+            let detail: super::TurnDetail = serde_json::from_value(body)?;
+            let mut out = table(HEADERS, vec![turn_row(&detail.turn)]);
+            out.push('\n');
+            out.push_str(&table(
+                &["ROLE", "MODEL", "CONTENT"],
+                detail
+                    .messages
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.role.clone(),
+                            m.model.clone().unwrap_or_else(|| "-".into()),
+                            match &m.parts {
+                                Some(parts) => parts.0.to_string(),
+                                None => m.content.clone(),
+                            },
+                        ]
+                    })
+                    .collect(),
+            ));
+            out
+        }
+        TurnsCommand::Rerun { id } | TurnsCommand::Discard { id, .. } => {
+            let outcome: AdminOutcome = serde_json::from_value(body)?;
+            format!("{id}: {}", describe(&outcome))
+        }
+    })
+}
+
+fn describe(outcome: &AdminOutcome) -> String {
+    match outcome {
+        AdminOutcome::Done { ids } if ids.len() > 1 => format!("done ({} parts)", ids.len()),
+        AdminOutcome::Done { .. } => "done".into(),
+        AdminOutcome::Skipped { status } => format!("skipped: {status}"),
+        AdminOutcome::NotFound => "not found".into(),
     }
 }
 
@@ -327,19 +491,7 @@ async fn act(
         &["ID", "RESULT"],
         outcomes
             .into_iter()
-            .map(|(id, outcome)| {
-                vec![
-                    id.to_string(),
-                    match outcome {
-                        AdminOutcome::Done { ids } if ids.len() > 1 => {
-                            format!("{action} done ({} parts)", ids.len())
-                        }
-                        AdminOutcome::Done { .. } => format!("{action} done"),
-                        AdminOutcome::Skipped { status } => format!("skipped: {status}"),
-                        AdminOutcome::NotFound => "not found".into(),
-                    },
-                ]
-            })
+            .map(|(id, outcome)| vec![id.to_string(), format!("{action} {}", describe(&outcome))])
             .collect(),
     ))
 }

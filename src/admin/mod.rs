@@ -1,5 +1,6 @@
 //! The admin API under `/admin/v1`: the admin queue of failed deliveries (list,
-//! show, retry, discard, one at a time or in bulk), queue depth, and people
+//! show, retry, discard, one at a time or in bulk), failed turns (list, show,
+//! rerun, discard), queue depth, sessions and their transcripts, usage, and people
 //! (show, link, unlink, forget). Served by the `admin` role, and by `all` and
 //! `dev` beside the webhooks.
 //!
@@ -35,7 +36,8 @@ use crate::{
     deployment::Deployment,
     store::{
         Account, AdminOutcome, DeliveryDetail, DeliveryFilter, DeliverySummary, ForgetReport,
-        QueueStats, StoreError,
+        QueueStats, SessionSummary, StoreError, TranscriptMessage, TurnFilter, TurnSummary,
+        UsageRow,
     },
 };
 
@@ -101,6 +103,13 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_deliveries))
         .routes(routes!(discard_deliveries))
         .routes(routes!(queues))
+        .routes(routes!(list_turns))
+        .routes(routes!(show_turn))
+        .routes(routes!(rerun_turn))
+        .routes(routes!(discard_turn))
+        .routes(routes!(list_sessions))
+        .routes(routes!(session_transcript))
+        .routes(routes!(usage))
         .routes(routes!(show_identity))
         .routes(routes!(link_identities))
         .routes(routes!(unlink_account))
@@ -374,6 +383,152 @@ where
 #[utoipa::path(get, path = "/queues", responses((status = 200, body = Vec<QueueStats>)))]
 async fn queues(State(deployment): State<AppState>) -> Result<Json<Vec<QueueStats>>, ApiError> {
     Ok(Json(deployment.store.queue_stats().await?))
+}
+
+/// A page of turns.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TurnPage {
+    pub items: Vec<TurnSummary>,
+    pub next_before: Option<Uuid>,
+}
+
+/// List turns, newest first (`status=failed&unresolved=true`: the failed-turn queue).
+#[utoipa::path(get, path = "/turns", params(TurnFilter, Page),
+    responses((status = 200, body = TurnPage)))]
+async fn list_turns(
+    State(deployment): State<AppState>,
+    Query(filter): Query<TurnFilter>,
+    Query(page): Query<Page>,
+) -> Result<Json<TurnPage>, ApiError> {
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let items = deployment
+        .store
+        .list_turns(&filter, page.before, limit)
+        .await?;
+    let next_before = (items.len() as i64 == limit)
+        .then(|| items.last().map(|t| t.id))
+        .flatten();
+    Ok(Json(TurnPage { items, next_before }))
+}
+
+/// A turn with the messages it wrote.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TurnDetail {
+    #[serde(flatten)]
+    pub turn: TurnSummary,
+    pub messages: Vec<TranscriptMessage>,
+}
+
+/// One turn: what it answered, its tool calls and reply, which model, why it failed.
+#[utoipa::path(get, path = "/turns/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = TurnDetail), (status = 404)))]
+async fn show_turn(
+    State(deployment): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<TurnDetail>, ApiError> {
+    let (turn, messages) = deployment
+        .store
+        .show_turn(id)
+        .await?
+        .ok_or_else(|| not_found("turn"))?;
+    Ok(Json(TurnDetail { turn, messages }))
+}
+
+/// Answer a failed turn's messages again (once, however often it is asked).
+#[utoipa::path(post, path = "/turns/{id}/rerun", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AdminOutcome), (status = 404)))]
+async fn rerun_turn(
+    State(deployment): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<AdminOutcome>, ApiError> {
+    let attempts = deployment.settings.worker.turn_job_attempts;
+    match deployment.store.rerun_turn(id, attempts).await? {
+        AdminOutcome::NotFound => Err(not_found("turn")),
+        other => Ok(Json(other)),
+    }
+}
+
+/// Mark a failed turn discarded, keeping the reason.
+#[utoipa::path(post, path = "/turns/{id}/discard", params(("id" = Uuid, Path)),
+    request_body = DiscardRequest,
+    responses((status = 200, body = AdminOutcome), (status = 404)))]
+async fn discard_turn(
+    State(deployment): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(request): Json<DiscardRequest>,
+) -> Result<Json<AdminOutcome>, ApiError> {
+    match deployment
+        .store
+        .discard_turn(id, request.reason.trim())
+        .await?
+    {
+        AdminOutcome::NotFound => Err(not_found("turn")),
+        other => Ok(Json(other)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SessionQuery {
+    pub agent: Option<String>,
+    /// Sessions of one person.
+    pub identity: Option<Uuid>,
+}
+
+/// List sessions, newest first.
+#[utoipa::path(get, path = "/sessions", params(SessionQuery, Page),
+    responses((status = 200, body = Vec<SessionSummary>)))]
+async fn list_sessions(
+    State(deployment): State<AppState>,
+    Query(query): Query<SessionQuery>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<SessionSummary>>, ApiError> {
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    Ok(Json(
+        deployment
+            .store
+            .list_sessions(query.agent.as_deref(), query.identity, page.before, limit)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TranscriptQuery {
+    /// Newest messages to show, 1 to 1,000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A session's transcript: messages, tool calls and results, which model answered.
+#[utoipa::path(get, path = "/sessions/{id}/transcript", params(("id" = Uuid, Path), TranscriptQuery),
+    responses((status = 200, body = Vec<TranscriptMessage>)))]
+async fn session_transcript(
+    State(deployment): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<TranscriptQuery>,
+) -> Result<Json<Vec<TranscriptMessage>>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
+    Ok(Json(deployment.store.transcript(id, limit).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// From this time on (RFC 3339); the last 30 days by default.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Tokens and cost by agent, model and UTC day.
+#[utoipa::path(get, path = "/usage", params(UsageQuery),
+    responses((status = 200, body = Vec<UsageRow>)))]
+async fn usage(
+    State(deployment): State<AppState>,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<Vec<UsageRow>>, ApiError> {
+    let since = query
+        .since
+        .unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::days(30));
+    Ok(Json(deployment.store.usage(since).await?))
 }
 
 /// A person and their accounts.

@@ -367,6 +367,108 @@ impl Store {
         portable!(self, admin::queue_stats())
     }
 
+    /// Turns matching `filter`, newest first, after the cursor `before`.
+    pub async fn list_turns(
+        &self,
+        filter: &TurnFilter,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<TurnSummary>, StoreError> {
+        portable!(self, admin::list_turns(filter, before, limit))
+    }
+
+    /// A turn with the messages it wrote (tool calls included).
+    pub async fn show_turn(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(TurnSummary, Vec<TranscriptMessage>)>, StoreError> {
+        portable!(self, admin::show_turn(id))
+    }
+
+    /// Answers a failed turn's messages again: each is recorded anew (platform id
+    /// `rerun:<turn>:<original>`, so a rerun requested twice records them once)
+    /// and goes through the normal pipeline, in order with the session; then the
+    /// turn is marked `rerun`.
+    pub async fn rerun_turn(
+        &self,
+        id: Uuid,
+        turn_job_attempts: usize,
+    ) -> Result<AdminOutcome, StoreError> {
+        let (agent, events) = match portable!(self, admin::failed_turn_events(id))? {
+            Ok(found) => found,
+            Err(outcome) => return Ok(outcome),
+        };
+        for event in events {
+            let message = InboundMessage {
+                platform_message_id: format!("rerun:{id}:{}", event.platform_message_id),
+                sender_id: event.sender_id,
+                sender_name: event.sender_name,
+                conversation_id: event.conversation_id,
+                thread_id: event.thread_id,
+                is_group: event.is_group,
+                text: event.text,
+                attachments: event.attachments.0,
+                sent_at: None,
+            };
+            let routing = Routing {
+                connector_id: &event.connector_id,
+                channel: &event.channel,
+                agent: &agent,
+            };
+            self.record_inbound(&routing, &message, turn_job_attempts)
+                .await?;
+        }
+        portable!(self, admin::resolve_turn(id, "rerun", None))?;
+        Ok(AdminOutcome::Done { ids: vec![id] })
+    }
+
+    /// Marks a failed turn discarded, keeping the reason.
+    pub async fn discard_turn(&self, id: Uuid, reason: &str) -> Result<AdminOutcome, StoreError> {
+        if portable!(self, admin::resolve_turn(id, "discarded", Some(reason)))? {
+            return Ok(AdminOutcome::Done { ids: vec![id] });
+        }
+        Ok(match self.show_turn(id).await? {
+            None => AdminOutcome::NotFound,
+            Some((turn, _)) => AdminOutcome::Skipped {
+                status: match turn.resolution {
+                    Some(resolution) => format!("{}, {resolution}", turn.status),
+                    None => turn.status,
+                },
+            },
+        })
+    }
+
+    /// Sessions, newest first, after the cursor `before`.
+    pub async fn list_sessions(
+        &self,
+        agent: Option<&str>,
+        identity_id: Option<Uuid>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        portable!(
+            self,
+            admin::list_sessions(agent, identity_id, before, limit)
+        )
+    }
+
+    /// The newest `limit` messages of a session's transcript, oldest first.
+    pub async fn transcript(
+        &self,
+        session_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<TranscriptMessage>, StoreError> {
+        portable!(self, admin::transcript(session_id, limit))
+    }
+
+    /// Tokens, calls and cost by UTC day, agent and model, from `since` on.
+    pub async fn usage(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        portable!(self, admin::usage(since))
+    }
+
     /// The identity of an account, if it has written to us.
     pub async fn identity_of(
         &self,

@@ -494,3 +494,112 @@ pub struct QueueStats {
     /// Seconds the oldest due job has waited.
     pub oldest_waiting_secs: Option<i64>,
 }
+
+/// A turn as the failed-turn list shows it.
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct TurnSummary {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub agent: String,
+    /// completed | failed
+    pub status: String,
+    pub model: Option<String>,
+    pub error: Option<String>,
+    pub model_attempts: i32,
+    /// How many inbound messages the turn answered.
+    pub events: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// rerun | discarded, once an operator acted.
+    pub resolution: Option<String>,
+    pub resolution_reason: Option<String>,
+}
+
+/// Which turns to list; every field narrows.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::IntoParams,
+    utoipa::ToSchema,
+)]
+#[into_params(parameter_in = Query)]
+pub struct TurnFilter {
+    /// completed | failed
+    pub status: Option<String>,
+    pub agent: Option<String>,
+    /// Only turns nobody acted on yet (true), or only those acted on (false).
+    pub unresolved: Option<bool>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A session as the admin lists it.
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct SessionSummary {
+    pub id: Uuid,
+    pub agent: String,
+    pub session_key: String,
+    pub is_group: bool,
+    pub identity_id: Option<Uuid>,
+    pub conversation_key: Option<String>,
+    pub merged_into: Option<Uuid>,
+    pub last_inbound_seq: i64,
+    pub processed_seq: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One transcript message: tool calls and results in `parts`, and which model
+/// wrote an assistant message.
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct TranscriptMessage {
+    pub id: i64,
+    pub turn_id: Uuid,
+    /// user | assistant | tool
+    pub role: String,
+    pub content: String,
+    #[schema(value_type = Option<Object>)]
+    pub parts: Option<sqlx::types::Json<serde_json::Value>>,
+    pub model: Option<String>,
+    pub sender_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Tokens and cost of one agent and model on one UTC day.
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct UsageRow {
+    /// YYYY-MM-DD (UTC)
+    pub day: String,
+    pub agent: String,
+    pub model: String,
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+/// An inbound message of a failed turn, to be answered again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RerunEvent {
+    pub connector_id: String,
+    pub channel: String,
+    pub platform_message_id: String,
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    pub conversation_id: String,
+    pub thread_id: Option<String>,
+    pub is_group: bool,
+    pub text: String,
+    pub attachments: sqlx::types::Json<Vec<crate::channels::Attachment>>,
+}

@@ -304,7 +304,122 @@ async fn people_are_shown_linked_and_forgotten_through_the_api(backend: Backend)
     app.stop().await;
 }
 
+async fn a_failed_turn_is_rerun_once_and_another_discarded(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        model_attempts: 1,
+        ..TestConfig::default()
+    })
+    .await;
+    app.model.always_fail(500);
+    app.post_message(&TestMessage::direct("t1", "ada", "ada:first"))
+        .await;
+    app.post_message(&TestMessage::direct("t2", "bea", "bea:second"))
+        .await;
+    app.wait_for_replies(2, Duration::from_secs(20)).await;
+    app.drain(Duration::from_secs(10)).await;
+    app.model.heal();
+
+    let (status, page) = call(
+        &app,
+        Method::GET,
+        "/turns?status=failed&unresolved=true",
+        Some(ADMIN_READ_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{page}");
+    // Which is whose: the turns of two sessions ran side by side.
+    let mut turns = Vec::new();
+    for item in items {
+        let id = item["id"].as_str().unwrap().to_owned();
+        let (_, shown) = call(
+            &app,
+            Method::GET,
+            &format!("/turns/{id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+        turns.push((id, shown));
+    }
+    turns.sort_by_key(|(_, shown)| shown["messages"][0]["content"].as_str().unwrap().to_owned());
+    let [(ada_turn, shown), (bea_turn, _)] = <[(String, Value); 2]>::try_from(turns).unwrap();
+    assert!(shown["error"].as_str().unwrap().contains("500"), "{shown}");
+    assert_eq!(shown["messages"][0]["content"], "ada:first");
+
+    for _ in 0..2 {
+        let (status, _) = call(
+            &app,
+            Method::POST,
+            &format!("/turns/{ada_turn}/rerun"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let replies = app.wait_for_replies(3, Duration::from_secs(20)).await;
+    assert_eq!(replies[2].event.data.text, "answer to [ada:first]");
+    let (_, discarded) = call(
+        &app,
+        Method::POST,
+        &format!("/turns/{bea_turn}/discard"),
+        Some(ADMIN_TOKEN),
+        Some(json!({"reason": "answered by phone"})),
+    )
+    .await;
+    assert_eq!(discarded["result"], "done", "{discarded}");
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(app.platform.replies().len(), 3, "the rerun answered once");
+    let (_, open) = call(
+        &app,
+        Method::GET,
+        "/turns?status=failed&unresolved=true",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert!(open["items"].as_array().unwrap().is_empty(), "{open}");
+
+    // Sessions, the transcript (which model answered) and usage.
+    let (_, sessions) = call(
+        &app,
+        Method::GET,
+        "/sessions?agent=assistant",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
+    let ada_session = shown["session_id"].as_str().unwrap();
+    let (_, transcript) = call(
+        &app,
+        Method::GET,
+        &format!("/sessions/{ada_session}/transcript"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    let last = transcript.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["content"], "answer to [ada:first]", "{transcript}");
+    assert_eq!(last["model"], "fake-gpt");
+    let (_, usage) = call(&app, Method::GET, "/usage", Some(ADMIN_TOKEN), None).await;
+    assert!(
+        usage
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["model"] == "fake-gpt" && row["calls"].as_i64() >= Some(1)),
+        "{usage}"
+    );
+    app.stop().await;
+}
+
 crate::on_both_backends!(
+    a_failed_turn_is_rerun_once_and_another_discarded,
     tokens_and_scopes_guard_every_route,
     a_dead_delivery_is_listed_shown_and_retried_exactly_once,
     a_dead_delivery_is_discarded_with_its_reason_from_the_cli,
@@ -338,6 +453,11 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
             "GET /deliveries/{id}",
             "GET /identities/{person}",
             "GET /queues",
+            "GET /sessions",
+            "GET /sessions/{id}/transcript",
+            "GET /turns",
+            "GET /turns/{id}",
+            "GET /usage",
             "POST /deliveries/discard",
             "POST /deliveries/retry",
             "POST /deliveries/{id}/discard",
@@ -345,6 +465,8 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
             "POST /identities/link",
             "POST /identities/unlink",
             "POST /identities/{person}/forget",
+            "POST /turns/{id}/discard",
+            "POST /turns/{id}/rerun",
         ]
     );
     // Every documented route is served: a request reaches its handler, which

@@ -1,5 +1,6 @@
-//! The admin queue: listing deliveries, retrying and discarding dead ones, queue
-//! depth. Written once for both backends (see `store::portable`).
+//! The admin queue: listing deliveries, retrying and discarding dead ones; failed
+//! turns; queue depth, sessions, transcripts and usage. Written once for both
+//! backends (see `store::portable`).
 //!
 //! Only a `dead` delivery is ever retried or discarded, by one conditional
 //! UPDATE under the row lock, so a delivery that is running or delivered is never
@@ -18,6 +19,7 @@ use crate::store::{
     StoreError,
     records::{
         AdminOutcome, DeliveryAttempt, DeliveryDetail, DeliveryFilter, DeliverySummary, QueueStats,
+        RerunEvent, SessionSummary, TranscriptMessage, TurnFilter, TurnSummary, UsageRow,
     },
 };
 
@@ -280,4 +282,183 @@ pub async fn queue_stats(pool: &sqlx::Pool<Db>) -> Result<Vec<QueueStats>, Store
         }
     };
     Ok(sqlx::query_as(sql(statement)).fetch_all(pool).await?)
+}
+
+const TURN_COLUMNS: &str =
+    "t.id, t.session_id, s.agent, t.status, t.model, t.error, t.model_attempts,
+    (SELECT COUNT(*) FROM inbound_events e WHERE e.turn_id = t.id) AS events,
+    t.started_at, t.finished_at, t.resolution, t.resolution_reason";
+
+/// Turns matching `filter`, newest first, older than the cursor `before`.
+pub async fn list_turns(
+    pool: &sqlx::Pool<Db>,
+    filter: &TurnFilter,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<TurnSummary>, StoreError> {
+    Ok(sqlx::query_as(sql(&format!(
+        "SELECT {TURN_COLUMNS} FROM turns t JOIN sessions s ON s.id = t.session_id
+          WHERE ($1 IS NULL OR t.status = $1) AND ($2 IS NULL OR s.agent = $2)
+            AND ($3 IS NULL OR (t.resolution IS NULL) = $3)
+            AND ($4 IS NULL OR t.finished_at >= $4) AND ($5 IS NULL OR t.finished_at < $5)
+            AND ($6 IS NULL OR t.id < $6)
+          ORDER BY t.id DESC LIMIT $7"
+    )))
+    .bind(&filter.status)
+    .bind(&filter.agent)
+    .bind(filter.unresolved)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn show_turn(
+    pool: &sqlx::Pool<Db>,
+    id: Uuid,
+) -> Result<Option<(TurnSummary, Vec<TranscriptMessage>)>, StoreError> {
+    let Some(turn): Option<TurnSummary> = sqlx::query_as(sql(&format!(
+        "SELECT {TURN_COLUMNS} FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let messages = sqlx::query_as(sql(&format!(
+        "SELECT {TRANSCRIPT_COLUMNS} FROM messages WHERE turn_id = $1 ORDER BY id"
+    )))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((turn, messages)))
+}
+
+/// The inbound messages a failed, unresolved turn answered, for a rerun; or why
+/// it can't be rerun.
+pub async fn failed_turn_events(
+    pool: &sqlx::Pool<Db>,
+    id: Uuid,
+) -> Result<Result<(String, Vec<RerunEvent>), AdminOutcome>, StoreError> {
+    let turn: Option<(String, Option<String>, String)> = sqlx::query_as(sql(
+        "SELECT t.status, t.resolution, s.agent FROM turns t JOIN sessions s ON s.id = t.session_id
+          WHERE t.id = $1",
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let (agent, status) = match turn {
+        None => return Ok(Err(AdminOutcome::NotFound)),
+        Some((status, Some(resolution), _)) => {
+            return Ok(Err(AdminOutcome::Skipped {
+                status: format!("{status}, {resolution}"),
+            }));
+        }
+        Some((status, None, agent)) => (agent, status),
+    };
+    if status != "failed" {
+        return Ok(Err(AdminOutcome::Skipped { status }));
+    }
+    let events = sqlx::query_as(sql(
+        "SELECT connector_id, channel, platform_message_id, sender_id, sender_name,
+                conversation_id, thread_id, is_group, text, attachments
+           FROM inbound_events WHERE turn_id = $1 ORDER BY seq",
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Ok((agent, events)))
+}
+
+/// Marks an unresolved failed turn `rerun` or `discarded`; false when it already
+/// was resolved (or is not failed).
+pub async fn resolve_turn(
+    pool: &sqlx::Pool<Db>,
+    id: Uuid,
+    resolution: &str,
+    reason: Option<&str>,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(sql(
+        "UPDATE turns SET resolution = $2, resolution_reason = $3, resolved_at = $4
+          WHERE id = $1 AND status = 'failed' AND resolution IS NULL",
+    ))
+    .bind(id)
+    .bind(resolution)
+    .bind(reason)
+    .bind(chrono::Utc::now())
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Sessions, most recently active first, older than the cursor `before` (by id).
+pub async fn list_sessions(
+    pool: &sqlx::Pool<Db>,
+    agent: Option<&str>,
+    identity_id: Option<Uuid>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SessionSummary>, StoreError> {
+    Ok(sqlx::query_as(sql(
+        "SELECT id, agent, session_key, is_group, identity_id, conversation_key, merged_into,
+                last_inbound_seq, processed_seq, updated_at
+           FROM sessions
+          WHERE ($1 IS NULL OR agent = $1) AND ($2 IS NULL OR identity_id = $2)
+            AND ($3 IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4",
+    ))
+    .bind(agent)
+    .bind(identity_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+const TRANSCRIPT_COLUMNS: &str =
+    "id, turn_id, role, content, parts, model, sender_name, created_at";
+
+/// The newest `limit` messages of a session's transcript, oldest first.
+pub async fn transcript(
+    pool: &sqlx::Pool<Db>,
+    session_id: Uuid,
+    limit: i64,
+) -> Result<Vec<TranscriptMessage>, StoreError> {
+    let mut rows: Vec<TranscriptMessage> = sqlx::query_as(sql(&format!(
+        "SELECT {TRANSCRIPT_COLUMNS} FROM messages
+          WHERE session_id = (SELECT COALESCE(merged_into, id) FROM sessions WHERE id = $1)
+          ORDER BY id DESC LIMIT $2"
+    )))
+    .bind(session_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Tokens, calls and cost by UTC day, agent and model, from `since` on.
+pub async fn usage(
+    pool: &sqlx::Pool<Db>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<UsageRow>, StoreError> {
+    let day = match BACKEND {
+        Backend::Postgres => "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        Backend::Sqlite => "substr(started_at, 1, 10)",
+    };
+    Ok(sqlx::query_as(sql(&format!(
+        "SELECT {day} AS day, agent, model, COUNT(*) AS calls,
+                CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens,
+                CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens,
+                CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS cost_usd
+           FROM model_calls WHERE started_at >= $1
+          GROUP BY 1, agent, model ORDER BY 1 DESC, agent, model"
+    )))
+    .bind(since)
+    .fetch_all(pool)
+    .await?)
 }
