@@ -1,5 +1,5 @@
-//! `/healthz` (the process is alive) and `/readyz` (the store answers), served by
-//! every role.
+//! `/healthz` (the process is alive), `/readyz` (the store answers) and
+//! `/metrics` (Prometheus, see `metrics`), served by every role.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ pub fn router(store: Store) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(store)
 }
 
@@ -20,4 +21,14 @@ async fn ready(State(store): State<Store>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
     }
+}
+
+async fn metrics(State(store): State<Store>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&store).await,
+    )
 }

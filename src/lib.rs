@@ -14,6 +14,7 @@ pub mod dev;
 pub mod health;
 pub mod identity;
 pub mod memory;
+pub mod metrics;
 pub mod providers;
 pub mod receiver;
 pub mod retry;

@@ -111,7 +111,14 @@ impl Health {
         f(local.entry(candidate.to_owned()).or_default())
     }
 
+    /// Whether `candidate` may be called now (and the breaker gauge, see `metrics`).
     pub async fn admission(&self, candidate: &str) -> Admission {
+        let admission = self.shared_or_local_admission(candidate).await;
+        crate::metrics::breaker(candidate, admission == Admission::Open);
+        admission
+    }
+
+    async fn shared_or_local_admission(&self, candidate: &str) -> Admission {
         if let Some(mut redis) = self.shared() {
             let open_until: Option<Option<i64>> = self
                 .redis(redis.hget(self.key(candidate, "breaker"), "open_until_ms"))

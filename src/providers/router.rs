@@ -442,6 +442,7 @@ impl Router {
                     call.input_tokens = response.input_tokens.map(|t| t as i64);
                     call.output_tokens = response.output_tokens.map(|t| t as i64);
                     call.cost_usd = candidate.cost(input, output);
+                    crate::metrics::model_call(&call);
                     calls.push(call);
                     self.health.record_success(&candidate.name, latency).await;
                     return Ok(response);
@@ -450,6 +451,7 @@ impl Router {
             };
             call.outcome = error_class(error.kind).into();
             call.error = Some(error.message.clone());
+            crate::metrics::model_call(&call);
             calls.push(call);
             tracing::warn!(
                 candidate = %candidate.name,

@@ -66,6 +66,7 @@ impl IntoResponse for ReceiverError {
     }
 }
 
+/// A webhook, counted and timed (see `metrics`).
 async fn hook(
     State(deployment): State<Arc<Deployment>>,
     Path(connector_id): Path<String>,
@@ -74,17 +75,40 @@ async fn hook(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ReceiverError> {
-    let connector = deployment
+    let started = std::time::Instant::now();
+    let channel = deployment
         .connectors
         .get(&connector_id)
-        .ok_or_else(|| ReceiverError::UnknownConnector(connector_id.clone()))?;
+        .map_or("unknown", |c| c.channel.kind().as_str());
+    let result = handle(&deployment, &connector_id, &method, &headers, query, body).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ReceiverError::Unavailable(_)) => "unavailable",
+        Err(_) => "rejected",
+    };
+    crate::metrics::webhook(channel, outcome, started.elapsed());
+    result
+}
+
+async fn handle(
+    deployment: &Deployment,
+    connector_id: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ReceiverError> {
+    let connector = deployment
+        .connectors
+        .get(connector_id)
+        .ok_or_else(|| ReceiverError::UnknownConnector(connector_id.to_owned()))?;
     let body = body.map_err(|rejection| ReceiverError::Body {
         status: rejection.status(),
         detail: rejection.body_text(),
     })?;
     let request = InboundRequest {
-        method: &method,
-        headers: &headers,
+        method,
+        headers,
         query: query.as_deref(),
         body: &body,
         now: Utc::now(),
@@ -112,7 +136,7 @@ async fn hook(
     // messages already recorded are recognised as duplicates.
     let mut answers = Vec::with_capacity(messages.len());
     for message in &messages {
-        answers.push(accept(&deployment, connector, &connector_id, message).await?);
+        answers.push(accept(deployment, connector, connector_id, message).await?);
     }
     if let Some((content_type, body)) = connector.channel.acknowledgement() {
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
@@ -134,6 +158,7 @@ async fn accept(
         && dedup.seen(connector_id, &message.platform_message_id).await
     {
         tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound (cache)");
+        crate::metrics::inbound_message(connector.channel.kind().as_str(), "duplicate");
         return Ok(json!({ "status": "duplicate" }));
     }
     let routing = Routing {
@@ -159,6 +184,13 @@ async fn accept(
             .remember(connector_id, &message.platform_message_id)
             .await;
     }
+    crate::metrics::inbound_message(
+        routing.channel,
+        match recorded {
+            Recorded::Accepted { .. } => "accepted",
+            Recorded::Duplicate => "duplicate",
+        },
+    );
     Ok(match recorded {
         Recorded::Accepted {
             event_id,

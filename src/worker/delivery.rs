@@ -95,6 +95,15 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
             AttemptOutcome::RetryAfter(e, wait)
         }
     };
+    crate::metrics::delivery(
+        &row.channel,
+        match &outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::RetryAfter(SendError::RateLimited { .. }, _) => "rate_limited",
+            AttemptOutcome::RetryAfter(..) => "retry",
+            AttemptOutcome::Dead(..) => "dead",
+        },
+    );
     match &outcome {
         AttemptOutcome::Delivered => tracing::info!(connector = %row.connector_id, "delivered"),
         AttemptOutcome::RetryAfter(e, wait) => tracing::warn!(

@@ -300,6 +300,15 @@ async fn answer(
             memory_writes: &memory_writes,
         })
         .await?;
+    crate::metrics::turn(
+        agent_name,
+        match (committed, &error) {
+            (TurnCommit::Fenced, _) => "fenced",
+            (TurnCommit::Committed, Some(_)) => "failed",
+            (TurnCommit::Committed, None) => "completed",
+        },
+        (Utc::now() - started_at).to_std().unwrap_or_default(),
+    );
     if committed == TurnCommit::Committed {
         tracing::info!(
             %turn_id,

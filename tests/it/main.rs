@@ -8,6 +8,7 @@ mod dev;
 mod fakes;
 mod helpers;
 mod memory;
+mod metrics;
 mod ordering;
 mod pacing;
 mod pipeline;
