@@ -14,6 +14,7 @@
 //! annotations by the same router that serves them, so the two cannot disagree.
 
 pub mod client;
+mod page;
 
 use std::sync::Arc;
 
@@ -90,6 +91,7 @@ pub fn router(deployment: Arc<Deployment>) -> axum::Router {
             deployment.clone(),
             authorize,
         ))
+        .merge(page::router())
         .with_state(deployment)
 }
 
@@ -123,6 +125,20 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi
 }
 
+/// The scope of a presented token; None for an unknown one. Every configured
+/// token is compared in constant time, so the time taken does not tell which (or
+/// whether one) matched.
+pub(crate) fn scope_of(deployment: &Deployment, presented: &str) -> Option<AdminScope> {
+    let mut scope = None;
+    for (token, token_scope) in &deployment.settings.admin.tokens {
+        if crate::channels::constant_time_eq(token.expose_secret().as_bytes(), presented.as_bytes())
+        {
+            scope = Some(*token_scope);
+        }
+    }
+    scope
+}
+
 async fn authorize(State(deployment): State<AppState>, request: Request, next: Next) -> Response {
     let needed = if request.method() == Method::GET || request.method() == Method::HEAD {
         AdminScope::Read
@@ -143,15 +159,7 @@ async fn authorize(State(deployment): State<AppState>, request: Request, next: N
         )
         .into_response();
     };
-    // Every configured token is compared, so the time taken does not tell which
-    // (or whether one) matched.
-    let mut scope = None;
-    for (token, token_scope) in &deployment.settings.admin.tokens {
-        if crate::channels::constant_time_eq(token.expose_secret().as_bytes(), presented.as_bytes())
-        {
-            scope = Some(*token_scope);
-        }
-    }
+    let scope = scope_of(&deployment, presented);
     match scope {
         None => ApiError(
             StatusCode::UNAUTHORIZED,

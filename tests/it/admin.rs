@@ -34,7 +34,7 @@ async fn call(
 }
 
 /// A reply the platform refused for good: one dead delivery.
-async fn with_dead_delivery(backend: Backend) -> TestApp {
+pub(crate) async fn with_dead_delivery(backend: Backend) -> TestApp {
     let app = TestApp::spawn_with_worker(TestConfig {
         backend,
         ..TestConfig::default()

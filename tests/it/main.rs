@@ -2,6 +2,7 @@
 //! port 0, fake model and platform servers on loopback.
 
 mod admin;
+mod browser;
 mod cli;
 mod delivery;
 mod dev;
