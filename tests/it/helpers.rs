@@ -596,7 +596,7 @@ impl TestApp {
         )
     }
 
-    fn binary(&self, args: &[&str], listen: Option<&str>) -> tokio::process::Command {
+    pub fn binary(&self, args: &[&str], listen: Option<&str>) -> tokio::process::Command {
         let dir = std::env::temp_dir().join(format!("microclaw-{}", self.db.name));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4().simple()));

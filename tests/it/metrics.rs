@@ -1,5 +1,6 @@
-//! `/metrics`: the Prometheus exposition changes as traffic flows. Counters are
-//! process-wide and tests run side by side, so each check is "went up by at least".
+//! Observability: `/metrics` changes as traffic flows (counters are
+//! process-wide and tests run side by side, so each check is "went up by at least"),
+//! and one trace id runs through the logs of a webhook, its turn and its delivery.
 
 use std::time::Duration;
 
@@ -59,5 +60,75 @@ async fn metrics_count_webhooks_turns_model_calls_and_deliveries() {
         "{after}"
     );
     assert!(after.contains("# TYPE microclaw_turn_duration_seconds histogram"));
+    app.stop().await;
+}
+
+/// One trace id from the webhook through the turn to the delivery, in the JSON
+/// logs of a real `microclaw all` process.
+#[tokio::test]
+async fn the_webhook_turn_and_delivery_logs_share_one_trace_id() {
+    let app = TestApp::spawn(TestConfig::default()).await;
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut child = app
+        .binary(&["all"], Some(&listen))
+        .env("MICROCLAW_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://{listen}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "microclaw all did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = TestMessage::direct("tr1", "ada", "ada:trace me");
+    let response = app
+        .post_signed_at(
+            &base,
+            crate::helpers::CONNECTOR,
+            &message.body(),
+            "wh-tr1",
+            chrono::Utc::now().timestamp(),
+        )
+        .await;
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let trace_id = accepted["trace_id"].as_str().unwrap().to_owned();
+    app.wait_for_replies(1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let logs: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let trace_of = |message: &str| -> Vec<String> {
+        logs.iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .filter_map(|l| {
+                l["fields"]["trace_id"]
+                    .as_str()
+                    .or(l["span"]["trace_id"].as_str())
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    assert_eq!(trace_of("inbound accepted"), [trace_id.clone()], "{logs:?}");
+    assert_eq!(trace_of("turn committed"), [trace_id.clone()]);
+    assert_eq!(trace_of("delivered"), [trace_id]);
     app.stop().await;
 }
