@@ -127,8 +127,12 @@ async fn the_webhook_turn_and_delivery_logs_share_one_trace_id() {
             })
             .collect()
     };
-    assert_eq!(trace_of("inbound accepted"), [trace_id.clone()], "{logs:?}");
-    assert_eq!(trace_of("turn committed"), [trace_id.clone()]);
-    assert_eq!(trace_of("delivered"), [trace_id]);
+    for message in ["inbound accepted", "turn committed", "delivered"] {
+        assert_eq!(
+            trace_of(message),
+            [trace_id.as_str()],
+            "{message}: {logs:?}"
+        );
+    }
     app.stop().await;
 }
