@@ -55,8 +55,13 @@ pub async fn run(
 ) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
     let span = tracing::info_span!("turn", trace_id = %job.trace_id, session_id = %job.session_id);
+    // On its last queue attempt a job that keeps failing (a poison message, not
+    // a model failure: those are answered with the apology) gives the earliest
+    // unanswered message up: it is committed as a failed turn with the apology,
+    // lands in the admin's failed-turn list, and the session moves on.
+    let last_attempt = attempt.current() >= context.deployment.settings.worker.turn_job_attempts;
     async move {
-        match answer_session(&context, &job).await {
+        match answer_session(&context, &job, last_attempt).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, "turn job failed; the queue retries it");
@@ -69,7 +74,11 @@ pub async fn run(
     .await
 }
 
-async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), StoreError> {
+async fn answer_session(
+    context: &TurnContext,
+    job: &TurnJob,
+    last_attempt: bool,
+) -> Result<(), StoreError> {
     let deployment = &context.deployment;
     let store = &deployment.store;
     let ttl = deployment.settings.worker.session_lease.0;
@@ -105,7 +114,7 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
             None => {}
         }
     };
-    let result = drain(context, lease).await;
+    let result = drain(context, lease, last_attempt).await;
     if result.is_err()
         && let Err(e) = store.abandon_lease(lease).await
     {
@@ -114,8 +123,13 @@ async fn answer_session(context: &TurnContext, job: &TurnJob) -> Result<(), Stor
     result
 }
 
-/// Answers unanswered events until none is left, holding the lease.
-async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
+/// Answers unanswered events until none is left, holding the lease. With
+/// `give_up_first`, the earliest one is given up (see `run`).
+async fn drain(
+    context: &TurnContext,
+    lease: Lease,
+    mut give_up_first: bool,
+) -> Result<(), StoreError> {
     let deployment = &context.deployment;
     let store = &deployment.store;
     let settings = &deployment.settings.worker;
@@ -129,10 +143,15 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
             return Ok(());
         };
         let events = store
-            .pending_events(lease.session_id, session.processed_seq, limit)
+            .pending_events(
+                lease.session_id,
+                session.processed_seq,
+                if give_up_first { 1 } else { limit },
+            )
             .await?;
         if !events.is_empty() {
-            let committed = answer(context, lease, &session, &events).await?;
+            let committed = answer(context, lease, &session, &events, give_up_first).await?;
+            give_up_first = false;
             if committed == TurnCommit::Fenced {
                 tracing::warn!(
                     "lease lost before commit; the new holder answers, this turn wrote nothing"
@@ -147,12 +166,14 @@ async fn drain(context: &TurnContext, lease: Lease) -> Result<(), StoreError> {
     }
 }
 
-/// Runs one turn over `events` and commits it.
+/// Runs one turn over `events` and commits it; with `give_up`, commits it failed
+/// with the apology at once.
 async fn answer(
     context: &TurnContext,
     lease: Lease,
     session: &SessionInfo,
     events: &[PendingEvent],
+    give_up: bool,
 ) -> Result<TurnCommit, StoreError> {
     let agent_name = session.agent.as_str();
     let deployment = &context.deployment;
@@ -211,6 +232,17 @@ async fn answer(
         attempts,
         calls,
     } = match (agent, route) {
+        _ if give_up => AgentOutcome {
+            steps: Vec::new(),
+            reply: settings.worker.apology.clone(),
+            model: None,
+            error: Some(format!(
+                "given up after {} attempts of the turn job failed",
+                settings.worker.turn_job_attempts
+            )),
+            attempts: 0,
+            calls: Vec::new(),
+        },
         (Some(_), Some(_)) if let Some(command) = &command => AgentOutcome {
             steps: Vec::new(),
             reply: command.run(&scope).await?,

@@ -141,6 +141,7 @@ pub struct TestConfig {
     /// `@CALLBACK@` stands for the fake platform's callback URL.
     pub extra: String,
     pub history_messages: i64,
+    pub turn_job_attempts: usize,
 }
 
 impl Default for TestConfig {
@@ -163,6 +164,7 @@ impl Default for TestConfig {
             agent_extra: "",
             extra: String::new(),
             history_messages: 20,
+            turn_job_attempts: 10,
         }
     }
 }
@@ -202,6 +204,7 @@ shutdown_grace = "2s"
 turn_mode = "{mode}"
 apology = "Sorry, the model is unavailable."
 history_messages = {history_messages}
+turn_job_attempts = {turn_job_attempts}
 
 [delivery]
 max_attempts = {delivery_attempts}
@@ -266,6 +269,7 @@ callback_url = "{callback}"
             model_extra = self.model_extra,
             extra = self.extra.replace("@CALLBACK@", &platform.callback_url),
             history_messages = self.history_messages,
+            turn_job_attempts = self.turn_job_attempts,
         )
     }
 }

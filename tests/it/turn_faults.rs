@@ -266,3 +266,59 @@ async fn folded_messages_are_answered_when_the_worker_dies_in_the_folded_turn() 
     );
     app.stop().await;
 }
+
+/// A message whose turn always fails (here: the store refuses to record its
+/// completed turn) ends as a failed turn with the apology after the job's
+/// attempts, in the admin's failed-turn list; the session's next message is
+/// answered.
+async fn a_poison_message_is_given_up_and_the_session_moves_on(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        turn_job_attempts: 3,
+        turn_mode: "per_message",
+        ..TestConfig::default()
+    })
+    .await;
+    let poisoned = "NEW.status = 'completed' AND EXISTS (SELECT 1 FROM inbound_events e
+        WHERE e.session_id = NEW.session_id AND e.seq BETWEEN NEW.first_seq AND NEW.last_seq
+          AND e.text LIKE '%poison%')";
+    match backend {
+        Backend::Postgres => {
+            app.execute(&format!(
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF {poisoned} THEN RAISE EXCEPTION 'poisoned turn'; END IF; RETURN NEW; END $$"
+            ))
+            .await;
+            app.execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON turns FOR EACH ROW EXECUTE FUNCTION poison()",
+            )
+            .await;
+        }
+        Backend::Sqlite => {
+            app.execute(&format!(
+                "CREATE TRIGGER poison BEFORE INSERT ON turns WHEN {poisoned}
+                 BEGIN SELECT RAISE(ABORT, 'poisoned turn'); END"
+            ))
+            .await;
+        }
+    }
+    app.post_message(&TestMessage::direct("p1", "ada", "ada:poison pill"))
+        .await;
+    let replies = app.wait_for_replies(1, Duration::from_secs(30)).await;
+    assert_eq!(
+        replies[0].event.data.text,
+        "Sorry, the model is unavailable."
+    );
+    assert_eq!(
+        app.strings("SELECT error FROM turns WHERE status = 'failed'")
+            .await,
+        ["given up after 3 attempts of the turn job failed"]
+    );
+    app.post_message(&TestMessage::direct("p2", "ada", "ada:next"))
+        .await;
+    let replies = app.wait_for_replies(2, Duration::from_secs(20)).await;
+    assert_eq!(replies[1].event.data.text, "answer to [ada:next]");
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_poison_message_is_given_up_and_the_session_moves_on);
