@@ -247,7 +247,7 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
         );
     }
     println!(
-        "  admin:    {address}{} (Authorization: Bearer {admin_token})",
+        "  admin:    {address}/admin (page) and {address}{} (API); token {admin_token}",
         crate::admin::PREFIX
     );
     println!("  health:   {address}/healthz");

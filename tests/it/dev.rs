@@ -150,6 +150,26 @@ async fn send_talks_to_dev_and_history_survives_a_restart() {
         calls[0].message_count + 2,
         "the second turn, after a restart, sees the first question and its answer"
     );
+    // The admin API answers with the token dev wrote, and the person is the
+    // same one as before the restart.
+    let info = dev.info();
+    let person: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/admin/v1/identities/{}:you",
+            info.address, info.connector
+        ))
+        .bearer_auth(&info.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        person["accounts"].as_array().map(Vec::len),
+        Some(1),
+        "{person}"
+    );
     dev.stop().await;
 }
 
