@@ -266,6 +266,9 @@ pub struct DeliveryConfig {
     /// delivery is dead all the same.
     pub max_rate_limited: u32,
     pub request_timeout: Span,
+    /// A reply waits for an earlier pending reply to the same conversation for
+    /// at most this long after that one was created (0: no waiting).
+    pub order_window: Span,
 }
 
 impl Default for DeliveryConfig {
@@ -280,6 +283,7 @@ impl Default for DeliveryConfig {
             max_retry_after: Span::secs(3600),
             max_rate_limited: 20,
             request_timeout: Span::secs(15),
+            order_window: Span::secs(600),
         }
     }
 }

@@ -363,6 +363,28 @@ impl Store {
         portable!(self, admin::finish_request(key, response))
     }
 
+    /// Whether an earlier reply of the same session and connector, created after
+    /// `not_before`, is still pending.
+    pub async fn earlier_delivery_pending(
+        &self,
+        delivery_id: Uuid,
+        not_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        portable!(
+            self,
+            admin::earlier_delivery_pending(delivery_id, not_before)
+        )
+    }
+
+    /// Runs a delivery attempt's job again after `wait`, without starting it now.
+    pub async fn defer_delivery(
+        &self,
+        job: &DeliveryJob,
+        wait: Duration,
+    ) -> Result<(), StoreError> {
+        portable!(self, admin::defer_delivery(job, wait))
+    }
+
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         portable!(self, admin::queue_stats())
     }

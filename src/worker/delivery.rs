@@ -6,6 +6,14 @@
 //! time the platform asked and does not use up an attempt (up to
 //! `delivery.max_rate_limited` of them). A permanent failure, or a failure of the
 //! last attempt, marks the delivery dead with its attempt history: the admin queue.
+//!
+//! Order across turns: a reply waits while an earlier reply to the same
+//! conversation on the same connector is still pending (its job is put back for
+//! `ORDER_POLL` and starts no attempt), so replies arrive in the order their turns
+//! committed, as parts of one reply already do. The wait ends when the earlier one
+//! is delivered or dead, or `delivery.order_window` after it was created (a reply
+//! stuck in long retries does not hold the conversation forever; 0 turns the
+//! wait off).
 
 use std::sync::Arc;
 
@@ -40,8 +48,24 @@ pub async fn run(
     result
 }
 
+/// How often a reply waiting for an earlier one looks again.
+const ORDER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {
     let store = &deployment.store;
+    let window = deployment.settings.delivery.order_window.0;
+    if !window.is_zero()
+        && store
+            .earlier_delivery_pending(
+                job.delivery_id,
+                chrono::Utc::now() - chrono::Duration::from_std(window).unwrap_or_default(),
+            )
+            .await?
+    {
+        tracing::debug!("an earlier reply of this conversation is still pending; waiting");
+        store.defer_delivery(job, ORDER_POLL).await?;
+        return Ok(());
+    }
     let Some(row) = store.begin_attempt(job).await? else {
         tracing::debug!("nothing to send (already delivered, dead, or this attempt ran)");
         return Ok(());

@@ -126,7 +126,36 @@ async fn different_sessions_run_in_parallel(backend: Backend) {
     app.stop().await;
 }
 
+/// The first reply of a conversation fails once and is retried a second later;
+/// the next turn's reply, ready meanwhile, waits for it and arrives after it.
+async fn replies_arrive_in_turn_order_when_an_earlier_one_is_retried(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        turn_mode: "per_message",
+        ..TestConfig::default()
+    })
+    .await;
+    app.platform
+        .script(&[crate::fakes::PlatformMode::Fail(503, None)]);
+    app.post_message(&TestMessage::direct("o1", "kate", "kate:one"))
+        .await;
+    app.wait_until(
+        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'retryable'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    app.post_message(&TestMessage::direct("o2", "kate", "kate:two"))
+        .await;
+    let mut replies = app.wait_for_replies(2, Duration::from_secs(20)).await;
+    replies.sort_by_key(|r| r.at);
+    let texts: Vec<&str> = replies.iter().map(|r| r.event.data.text.as_str()).collect();
+    assert_eq!(texts, ["answer to [kate:one]", "answer to [kate:two]"]);
+    app.stop().await;
+}
+
 crate::on_both_backends!(
+    replies_arrive_in_turn_order_when_an_earlier_one_is_retried,
     burst_into_one_session_is_answered_in_order_without_overlap,
     collect_mode_folds_messages_that_arrive_during_a_turn,
     different_sessions_run_in_parallel,

@@ -171,7 +171,7 @@ pub async fn retry_delivery(pool: &sqlx::Pool<Db>, id: Uuid) -> Result<AdminOutc
         }
     }
     let job = DeliveryJob::new(first, attempts as u32 + 1, &trace_id);
-    enqueue_delivery(&mut tx, &job).await?;
+    enqueue_delivery(&mut tx, &job, job.idempotency_key(), None).await?;
     tx.commit().await?;
     Ok(AdminOutcome::Done { ids })
 }
@@ -461,4 +461,47 @@ pub async fn usage(
     .bind(since)
     .fetch_all(pool)
     .await?)
+}
+
+/// Whether an earlier reply to the same conversation on the same connector is
+/// still pending and younger than `not_before` (replies in a session go out in
+/// the order their turns committed; see `worker::delivery`).
+pub async fn earlier_delivery_pending(
+    pool: &sqlx::Pool<Db>,
+    delivery_id: Uuid,
+    not_before: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(sql(
+        "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN deliveries p
+                          ON p.session_id = d.session_id AND p.connector_id = d.connector_id
+                       WHERE d.id = $1 AND p.id < d.id AND p.status = 'pending'
+                         AND p.created_at > $2)",
+    ))
+    .bind(delivery_id)
+    .bind(not_before)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Puts a delivery attempt's job back on the queue to run again after `wait`
+/// (a new job: the running one ends), without starting the attempt.
+pub async fn defer_delivery(
+    pool: &sqlx::Pool<Db>,
+    job: &DeliveryJob,
+    wait: std::time::Duration,
+) -> Result<(), StoreError> {
+    let mut tx = begin(pool).await?;
+    enqueue_delivery(
+        &mut tx,
+        job,
+        format!(
+            "{}:after:{}",
+            job.idempotency_key(),
+            Uuid::now_v7().simple()
+        ),
+        Some(wait),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

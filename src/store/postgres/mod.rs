@@ -45,12 +45,24 @@ pub(crate) mod dialect {
         Ok(pool.begin().await?)
     }
 
-    /// Queues a delivery attempt's job in the caller's transaction.
+    /// Queues a delivery attempt's job in the caller's transaction, under
+    /// `idempotency_key`, due after `run_after`.
     pub async fn enqueue_delivery(
         tx: &mut sqlx::Transaction<'static, Db>,
         job: &microclaw_jobs::DeliveryJob,
+        idempotency_key: String,
+        run_after: Option<std::time::Duration>,
     ) -> Result<(), StoreError> {
-        super::sessions::enqueue_delivery(tx, job, None).await
+        super::enqueue(
+            tx,
+            super::Enqueue {
+                job,
+                idempotency_key,
+                max_attempts: crate::store::DELIVERY_JOB_ATTEMPTS,
+                run_after,
+            },
+        )
+        .await
     }
 }
 

@@ -59,17 +59,20 @@ pub(crate) mod dialect {
         super::begin_write(pool).await
     }
 
-    /// Queues a delivery attempt's job in the caller's transaction.
+    /// Queues a delivery attempt's job in the caller's transaction, under
+    /// `idempotency_key`, due after `run_after`.
     pub async fn enqueue_delivery(
         tx: &mut sqlx::Transaction<'static, Db>,
         job: &microclaw_jobs::DeliveryJob,
+        idempotency_key: String,
+        run_after: Option<std::time::Duration>,
     ) -> Result<(), StoreError> {
         super::enqueue(
             tx,
             job,
-            job.idempotency_key(),
+            idempotency_key,
             crate::store::DELIVERY_JOB_ATTEMPTS,
-            None,
+            run_after,
         )
         .await
     }
