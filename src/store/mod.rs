@@ -363,6 +363,20 @@ impl Store {
         portable!(self, admin::finish_request(key, response))
     }
 
+    /// Queues a turn job for sessions whose unanswered messages lost theirs (see
+    /// `worker::maintenance`); how many.
+    pub async fn requeue_stranded_sessions(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        bucket: i64,
+        turn_job_attempts: usize,
+    ) -> Result<u64, StoreError> {
+        portable!(
+            self,
+            admin::requeue_stranded_sessions(cutoff, bucket, turn_job_attempts)
+        )
+    }
+
     /// Whether an earlier reply of the same session and connector, created after
     /// `not_before`, is still pending.
     pub async fn earlier_delivery_pending(

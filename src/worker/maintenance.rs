@@ -1,38 +1,71 @@
-//! The maintenance pass every worker runs on a timer: the retention purge.
+//! The maintenance passes every worker runs on timers.
 //!
-//! With `memory.retention_days` set, transcript messages older than that (with
-//! their settled inbound events and finished deliveries) are deleted every
-//! `memory.maintenance_interval`. The purge is a set of idempotent DELETEs, so
-//! several workers running it at once is harmless; it never touches a pending
-//! event or delivery.
+//! * **Stranded sessions**, every half `worker.recovery_window`: a session whose
+//!   oldest unanswered message is older than the recovery window while nobody
+//!   holds its lease has lost its turn job (the job failed on the store for all
+//!   its attempts, e.g. through a long database outage). A fresh turn job is
+//!   queued for it, at most one per session per window (its idempotency key
+//!   names the window); a spare job finds the session answered or busy and ends.
+//! * **Retention**, every `memory.maintenance_interval` when
+//!   `memory.retention_days` is set: transcript messages older than that (with
+//!   their settled inbound events and finished deliveries) are deleted. It never
+//!   touches a pending event or delivery.
+//!
+//! Both are idempotent, so several workers running them at once is harmless.
 
 use std::time::Duration;
 
-use crate::{config::MemoryConfig, store::Store};
+use crate::{
+    config::{MemoryConfig, WorkerConfig},
+    store::Store,
+};
 
-/// Runs the pass every interval, forever (the worker aborts it when it stops).
-pub async fn run(store: Store, config: MemoryConfig) {
-    if config.retention_days == 0 {
-        return;
-    }
-    let mut timer = tokio::time::interval(config.maintenance_interval.0);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs the passes forever (the worker aborts this when it stops).
+pub async fn run(store: Store, memory: MemoryConfig, worker: WorkerConfig) {
+    let window = worker.recovery_window.0;
+    let mut sweep = tokio::time::interval((window / 2).max(Duration::from_millis(100)));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retention = tokio::time::interval(memory.maintenance_interval.0);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        timer.tick().await;
-        let cutoff =
-            chrono::Utc::now() - Duration::from_secs(u64::from(config.retention_days) * 86_400);
-        match store.purge_older_than(cutoff).await {
-            Ok(report) if report.messages + report.inbound_events + report.deliveries > 0 => {
-                tracing::info!(
-                    messages = report.messages,
-                    inbound_events = report.inbound_events,
-                    deliveries = report.deliveries,
-                    retention_days = config.retention_days,
-                    "retention purge"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention purge failed; it runs again later"),
+        tokio::select! {
+            _ = sweep.tick() => requeue_stranded(&store, window, worker.turn_job_attempts).await,
+            _ = retention.tick(), if memory.retention_days > 0 => purge(&store, &memory).await,
         }
+    }
+}
+
+async fn requeue_stranded(store: &Store, window: Duration, turn_job_attempts: usize) {
+    let now = chrono::Utc::now();
+    let cutoff = now - chrono::Duration::from_std(window).unwrap_or_default();
+    let bucket = now.timestamp_millis() / (window.as_millis().max(1) as i64);
+    match store
+        .requeue_stranded_sessions(cutoff, bucket, turn_job_attempts)
+        .await
+    {
+        Ok(0) => {}
+        Ok(queued) => tracing::warn!(
+            sessions = queued,
+            "sessions had unanswered messages without a turn job; queued new turns"
+        ),
+        Err(e) => tracing::debug!(error = %e, "stranded-session sweep failed; it runs again later"),
+    }
+}
+
+async fn purge(store: &Store, memory: &MemoryConfig) {
+    let cutoff =
+        chrono::Utc::now() - Duration::from_secs(u64::from(memory.retention_days) * 86_400);
+    match store.purge_older_than(cutoff).await {
+        Ok(report) if report.messages + report.inbound_events + report.deliveries > 0 => {
+            tracing::info!(
+                messages = report.messages,
+                inbound_events = report.inbound_events,
+                deliveries = report.deliveries,
+                retention_days = memory.retention_days,
+                "retention purge"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention purge failed; it runs again later"),
     }
 }

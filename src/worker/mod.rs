@@ -117,6 +117,7 @@ pub async fn run(
     let maintenance = tokio::spawn(maintenance::run(
         store.clone(),
         deployment.settings.memory.clone(),
+        deployment.settings.worker.clone(),
     ));
     let monitor = Monitor::new();
     let monitor = register_queue!(

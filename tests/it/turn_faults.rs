@@ -322,3 +322,26 @@ async fn a_poison_message_is_given_up_and_the_session_moves_on(backend: Backend)
 }
 
 crate::on_both_backends!(a_poison_message_is_given_up_and_the_session_moves_on);
+
+/// A message whose turn job is gone (as when a long database outage used up all
+/// its attempts) is found by the workers' sweep and answered.
+async fn a_session_that_lost_its_turn_job_is_swept_and_answered(backend: Backend) {
+    let mut app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
+    app.post_message(&TestMessage::direct("s1", "ada", "ada:lost"))
+        .await;
+    app.execute("DELETE FROM apalis.jobs").await;
+    app.execute("UPDATE inbound_events SET received_at = '2020-01-01T00:00:00.000Z'")
+        .await;
+    app.start_worker();
+    let replies = app.wait_for_replies(1, Duration::from_secs(20)).await;
+    assert_eq!(replies[0].event.data.text, "answer to [ada:lost]");
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(app.platform.replies().len(), 1);
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_session_that_lost_its_turn_job_is_swept_and_answered);

@@ -14,7 +14,7 @@
 use microclaw_jobs::DeliveryJob;
 use uuid::Uuid;
 
-use super::dialect::{BACKEND, Backend, Db, FOR_UPDATE, begin, enqueue_delivery, sql};
+use super::dialect::{BACKEND, Backend, Db, FOR_UPDATE, begin, enqueue, sql};
 use crate::store::{
     StoreError,
     records::{
@@ -171,7 +171,14 @@ pub async fn retry_delivery(pool: &sqlx::Pool<Db>, id: Uuid) -> Result<AdminOutc
         }
     }
     let job = DeliveryJob::new(first, attempts as u32 + 1, &trace_id);
-    enqueue_delivery(&mut tx, &job, job.idempotency_key(), None).await?;
+    enqueue(
+        &mut tx,
+        &job,
+        job.idempotency_key(),
+        crate::store::DELIVERY_JOB_ATTEMPTS,
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(AdminOutcome::Done { ids })
 }
@@ -491,7 +498,7 @@ pub async fn defer_delivery(
     wait: std::time::Duration,
 ) -> Result<(), StoreError> {
     let mut tx = begin(pool).await?;
-    enqueue_delivery(
+    enqueue(
         &mut tx,
         job,
         format!(
@@ -499,9 +506,47 @@ pub async fn defer_delivery(
             job.idempotency_key(),
             Uuid::now_v7().simple()
         ),
+        crate::store::DELIVERY_JOB_ATTEMPTS,
         Some(wait),
     )
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Sessions with unanswered messages, no lease, and the oldest unanswered one
+/// received before `cutoff`: their turn job is gone (it failed on the store for
+/// all its attempts). A new turn job is queued for each, once per `bucket`
+/// (part of its idempotency key); returns how many.
+pub async fn requeue_stranded_sessions(
+    pool: &sqlx::Pool<Db>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    bucket: i64,
+    turn_job_attempts: usize,
+) -> Result<u64, StoreError> {
+    let stranded: Vec<(Uuid, Uuid, String)> =
+        sqlx::query_as(sql("SELECT s.id, e.id, e.trace_id FROM sessions s
+           JOIN inbound_events e ON e.session_id = s.id AND e.seq = s.processed_seq + 1
+          WHERE s.last_inbound_seq > s.processed_seq AND s.lease_owner IS NULL
+            AND e.status = 'pending' AND e.received_at < $1
+          LIMIT 100"))
+        .bind(cutoff)
+        .fetch_all(pool)
+        .await?;
+    let mut queued = 0;
+    for (session_id, event_id, trace_id) in stranded {
+        let mut tx = begin(pool).await?;
+        let job = microclaw_jobs::TurnJob::new(session_id, event_id, trace_id);
+        enqueue(
+            &mut tx,
+            &job,
+            format!("turn:{event_id}:sweep:{bucket}"),
+            turn_job_attempts,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        queued += 1;
+    }
+    Ok(queued)
 }

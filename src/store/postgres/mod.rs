@@ -45,12 +45,13 @@ pub(crate) mod dialect {
         Ok(pool.begin().await?)
     }
 
-    /// Queues a delivery attempt's job in the caller's transaction, under
-    /// `idempotency_key`, due after `run_after`.
-    pub async fn enqueue_delivery(
+    /// Queues a job in the caller's transaction, under `idempotency_key`, due
+    /// after `run_after`.
+    pub async fn enqueue<J: microclaw_jobs::Job>(
         tx: &mut sqlx::Transaction<'static, Db>,
-        job: &microclaw_jobs::DeliveryJob,
+        job: &J,
         idempotency_key: String,
+        max_attempts: usize,
         run_after: Option<std::time::Duration>,
     ) -> Result<(), StoreError> {
         super::enqueue(
@@ -58,7 +59,7 @@ pub(crate) mod dialect {
             super::Enqueue {
                 job,
                 idempotency_key,
-                max_attempts: crate::store::DELIVERY_JOB_ATTEMPTS,
+                max_attempts,
                 run_after,
             },
         )
