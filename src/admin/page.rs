@@ -1,6 +1,6 @@
 //! `/admin`: a small server-rendered page over the admin queue (no JavaScript,
 //! no build step): queue overview, dead deliveries with retry and discard
-//! buttons, a delivery's history.
+//! buttons, a delivery's history, failed turns with rerun and discard buttons.
 //!
 //! Same tokens as the API: the login form puts the token in an HttpOnly,
 //! `SameSite=Strict` cookie scoped to `/admin` (so another site cannot make the
@@ -36,6 +36,8 @@ pub fn router() -> Router<Arc<Deployment>> {
         .route("/admin/deliveries/{id}", get(delivery))
         .route("/admin/deliveries/{id}/retry", post(retry))
         .route("/admin/deliveries/{id}/discard", post(discard))
+        .route("/admin/turns/{id}/rerun", post(rerun_turn))
+        .route("/admin/turns/{id}/discard", post(discard_turn))
 }
 
 /// The scope of the token in the request's cookie.
@@ -206,6 +208,38 @@ async fn overview(State(deployment): State<Arc<Deployment>>, headers: HeaderMap)
         }
         body.push_str("</table>");
     }
+    body.push_str("<h2>Failed turns</h2>");
+    match store
+        .list_turns(
+            &crate::store::TurnFilter {
+                status: Some("failed".into()),
+                unresolved: Some(true),
+                ..crate::store::TurnFilter::default()
+            },
+            None,
+            100,
+        )
+        .await
+    {
+        Ok(turns) if turns.is_empty() => body.push_str("<p id=\"no-failed-turns\">None.</p>"),
+        Ok(turns) => {
+            body.push_str("<table><tr><th>Turn</th><th>Agent</th><th>Messages</th><th>Error</th><th>Finished</th><th></th></tr>");
+            for t in &turns {
+                body.push_str(&format!(
+                    r#"<tr class="failed-turn" data-turn="{id}"><td>{id}</td><td>{agent}</td><td>{events}</td><td>{error}</td><td>{finished}</td>
+<td><form class="inline" method="post" action="/admin/turns/{id}/rerun"><button type="submit" class="rerun">Rerun</button></form>
+<form class="inline" method="post" action="/admin/turns/{id}/discard"><input name="reason" placeholder="reason" required><button type="submit" class="discard">Discard</button></form></td></tr>"#,
+                    id = t.id,
+                    agent = escape(&t.agent),
+                    events = t.events,
+                    error = escape(t.error.as_deref().unwrap_or("")),
+                    finished = t.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                ));
+            }
+            body.push_str("</table>");
+        }
+        Err(_) => body.push_str("<p>The store did not answer.</p>"),
+    }
     body.push_str(r#"<form method="post" action="/admin/logout"><button type="submit">Sign out</button></form>"#);
     page("Admin", &body).into_response()
 }
@@ -271,11 +305,11 @@ async fn delivery(
     page(&format!("Delivery {id}"), &body).into_response()
 }
 
-/// Runs an operate action for the signed-in operator, then shows the delivery.
+/// Runs an operate action for the signed-in operator, then goes to `then`.
 async fn act(
     deployment: &Deployment,
     headers: &HeaderMap,
-    id: Uuid,
+    then: String,
     action: impl Future<Output = Result<AdminOutcome, crate::store::StoreError>>,
 ) -> Response {
     match session_scope(deployment, headers) {
@@ -292,10 +326,10 @@ async fn act(
     match action.await {
         Ok(AdminOutcome::NotFound) => (
             StatusCode::NOT_FOUND,
-            page("Not found", "<p>No such delivery.</p>"),
+            page("Not found", "<p>Nothing by that id.</p>"),
         )
             .into_response(),
-        Ok(_) => Redirect::to(&format!("/admin/deliveries/{id}")).into_response(),
+        Ok(_) => Redirect::to(&then).into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             page("Admin", "<p>The store did not answer; try again.</p>"),
@@ -310,9 +344,12 @@ async fn retry(
     Path(id): Path<Uuid>,
 ) -> Response {
     let store = deployment.store.clone();
-    act(&deployment, &headers, id, async move {
-        store.retry_delivery(id).await
-    })
+    act(
+        &deployment,
+        &headers,
+        format!("/admin/deliveries/{id}"),
+        async move { store.retry_delivery(id).await },
+    )
     .await
 }
 
@@ -328,8 +365,37 @@ async fn discard(
     Form(form): Form<Discard>,
 ) -> Response {
     let store = deployment.store.clone();
-    act(&deployment, &headers, id, async move {
-        store.discard_delivery(id, form.reason.trim()).await
+    act(
+        &deployment,
+        &headers,
+        format!("/admin/deliveries/{id}"),
+        async move { store.discard_delivery(id, form.reason.trim()).await },
+    )
+    .await
+}
+
+async fn rerun_turn(
+    State(deployment): State<Arc<Deployment>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let store = deployment.store.clone();
+    let attempts = deployment.settings.worker.turn_job_attempts;
+    act(&deployment, &headers, "/admin".into(), async move {
+        store.rerun_turn(id, attempts).await
+    })
+    .await
+}
+
+async fn discard_turn(
+    State(deployment): State<Arc<Deployment>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Discard>,
+) -> Response {
+    let store = deployment.store.clone();
+    act(&deployment, &headers, "/admin".into(), async move {
+        store.discard_turn(id, form.reason.trim()).await
     })
     .await
 }

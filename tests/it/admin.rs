@@ -494,3 +494,57 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_page_lists_failed_turns_and_reruns_one() {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        model_attempts: 1,
+        ..TestConfig::default()
+    })
+    .await;
+    app.model.always_fail(500);
+    app.post_message(&TestMessage::direct("pt1", "ada", "ada:first"))
+        .await;
+    app.wait_for_replies(1, Duration::from_secs(20)).await;
+    app.drain(Duration::from_secs(10)).await;
+    app.model.heal();
+    let (_, page) = call(
+        &app,
+        Method::GET,
+        "/turns?status=failed",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    let turn = page["items"][0]["id"].as_str().unwrap().to_owned();
+
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |token: &'static str| {
+        browser
+            .get(format!("{}/admin", app.address))
+            .header("cookie", format!("microclaw_admin={token}"))
+            .send()
+    };
+    let html = get(ADMIN_READ_TOKEN).await.unwrap().text().await.unwrap();
+    assert!(html.contains(&format!("data-turn=\"{turn}\"")), "{html}");
+    let rerun = |token: &'static str| {
+        browser
+            .post(format!("{}/admin/turns/{turn}/rerun", app.address))
+            .header("cookie", format!("microclaw_admin={token}"))
+            .send()
+    };
+    assert_eq!(
+        rerun(ADMIN_READ_TOKEN).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let done = rerun(ADMIN_TOKEN).await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let replies = app.wait_for_replies(2, Duration::from_secs(20)).await;
+    assert_eq!(replies[1].event.data.text, "answer to [ada:first]");
+    let html = get(ADMIN_TOKEN).await.unwrap().text().await.unwrap();
+    assert!(html.contains("id=\"no-failed-turns\""), "{html}");
+    app.stop().await;
+}
