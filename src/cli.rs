@@ -96,14 +96,18 @@ pub enum Command {
     },
     /// People: show, link and unlink accounts, forget someone entirely.
     ///
-    /// PERSON is an identity id, or an account as CONNECTOR:SENDER_ID (e.g. web:alice).
-    /// Works directly on the store named by database.url.
+    /// PERSON is an identity id, or an account as CONNECTOR:SENDER_ID (e.g. slack:U0123).
+    /// Works directly on the store named by database.url (only that key of the
+    /// configuration is read), or on a `microclaw dev` store with --data-dir.
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+        /// The data directory of a `microclaw dev` instance, instead of database.url.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
     },
     /// Inspect the configuration.
     Config {
@@ -163,6 +167,37 @@ pub fn main() -> ExitCode {
         Command::Dev { data_dir, listen } => {
             runtime.block_on(run_dev(&cli.config, data_dir, &listen))
         }
+        // Only the store is needed: the rest of the configuration (connectors and
+        // their secrets) is not read, so it works from an operator's shell.
+        Command::Identity {
+            command,
+            json,
+            data_dir,
+        } => runtime.block_on(async {
+            let database = match data_dir {
+                Some(dir) => {
+                    let path = dir.join("microclaw.db");
+                    anyhow::ensure!(
+                        path.exists(),
+                        "no dev store at {}: start `microclaw dev --data-dir {}` first",
+                        path.display(),
+                        dir.display()
+                    );
+                    crate::config::DatabaseConfig {
+                        url: format!("sqlite://{}", path.display()),
+                        ..Default::default()
+                    }
+                }
+                None => {
+                    crate::config::RawConfig::load(&cli.config)
+                        .map_err(|errors| anyhow::anyhow!("{errors}"))?
+                        .database
+                }
+            };
+            let store = crate::store::Store::open(&database).await?;
+            println!("{}", identity_command(&store, command, json).await?);
+            Ok(())
+        }),
         // A client of the admin API: no configuration needed.
         Command::Admin {
             command: Some(command),
@@ -310,11 +345,6 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         trigger.trigger();
     });
     match command {
-        Command::Identity { command, json } => {
-            let store = crate::store::Store::open(&settings.database).await?;
-            println!("{}", identity_command(&store, command, json).await?);
-            Ok(())
-        }
         Command::Migrate => {
             let deployment = Deployment::new(settings).await?;
             migrate(&deployment).await
@@ -363,6 +393,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Admin {
             command: Some(_), ..
         }
+        | Command::Identity { .. }
         | Command::Config { .. }
         | Command::Dev { .. }
         | Command::Send { .. } => Ok(()),

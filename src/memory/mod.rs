@@ -201,6 +201,63 @@ pub fn search_terms(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn session(is_group: bool, identity_id: Option<Uuid>) -> SessionInfo {
+        SessionInfo {
+            agent: "assistant".into(),
+            processed_seq: 0,
+            is_group,
+            identity_id,
+            conversation_key: is_group.then(|| "web:room".into()),
+            transcript_id: Uuid::now_v7(),
+            summary: String::new(),
+            summarized_through: 0,
+        }
+    }
+
+    fn event(sender: &str, identity_id: Uuid) -> PendingEvent {
+        PendingEvent {
+            id: Uuid::now_v7(),
+            seq: 1,
+            connector_id: "web".into(),
+            platform_message_id: sender.into(),
+            sender_id: sender.into(),
+            sender_name: Some(sender.into()),
+            conversation_id: "room".into(),
+            thread_id: None,
+            is_group: true,
+            text: "hi".into(),
+            attachments: sqlx::types::Json(Vec::new()),
+            trace_id: "t".into(),
+            identity_id: Some(identity_id),
+        }
+    }
+
+    #[test]
+    fn a_group_turn_uses_facts_only_of_its_one_sender() {
+        let (ada, bea) = (Uuid::now_v7(), Uuid::now_v7());
+        let config = MemoryConfig::default();
+        let group = session(true, None);
+        let alone = MemoryScope::of(&group, &[event("ada", ada), event("ada", ada)], &config);
+        assert_eq!(alone.person_id(), Some(ada));
+        assert!(alone.person_event.is_some());
+        // Answering two people at once (their reply is read by both): no one's facts.
+        let both = MemoryScope::of(&group, &[event("ada", ada), event("bea", bea)], &config);
+        assert_eq!((both.person, both.person_event), (None, None));
+        assert_eq!(both.conversation_key.as_deref(), Some("web:room"));
+        let off = MemoryConfig {
+            group_user_facts: GroupFacts::Off,
+            ..MemoryConfig::default()
+        };
+        assert_eq!(
+            MemoryScope::of(&group, &[event("ada", ada)], &off).person,
+            None
+        );
+        // A direct session acts for its person, whatever the setting.
+        let direct = MemoryScope::of(&session(false, Some(ada)), &[event("ada", ada)], &off);
+        assert_eq!(direct.person_id(), Some(ada));
+        assert_eq!(direct.conversation_key, None);
+    }
+
     #[test]
     fn search_terms_keep_content_words_once() {
         assert_eq!(

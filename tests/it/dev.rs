@@ -170,6 +170,26 @@ async fn send_talks_to_dev_and_history_survives_a_restart() {
         Some(1),
         "{person}"
     );
+    // The identity CLI reads the dev store straight from its data directory.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_microclaw"))
+        .args([
+            "identity",
+            "show",
+            &format!("{}:you", info.connector),
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(&dev.data_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["identity"], person["identity"]);
     dev.stop().await;
 }
 
