@@ -221,8 +221,11 @@ pub fn main() -> ExitCode {
             {
                 return config_check(&cli.config, &settings);
             }
-            crate::telemetry::init(&settings.log);
-            runtime.block_on(run(command, settings))
+            let telemetry = crate::telemetry::init(&settings.log, &settings.telemetry);
+            let result = runtime.block_on(run(command, settings));
+            // Flushes the last spans: outside the runtime, as it blocks.
+            drop(telemetry);
+            result
         }
     };
     match result {
@@ -247,7 +250,8 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
         secrecy::SecretString::from(admin_token.clone()),
         crate::config::AdminScope::Operate,
     ));
-    crate::telemetry::init(&settings.log);
+    let telemetry =
+        tokio::task::block_in_place(|| crate::telemetry::init(&settings.log, &settings.telemetry));
     let agent_model = settings
         .agents
         .values()
@@ -299,6 +303,7 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
     let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown.clone()));
     let worker = roles::run_worker(deployment, None, shutdown).await;
     receiver.await??;
+    tokio::task::block_in_place(|| drop(telemetry));
     worker
 }
 

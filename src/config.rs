@@ -134,6 +134,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
+    #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
@@ -536,6 +540,69 @@ impl Default for IdentityConfig {
     }
 }
 
+/// Trace export. Spans of every message's path (webhook, turn, model calls,
+/// delivery attempts) go to an OpenTelemetry collector when an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://otel-collector:4318`
+    /// (spans are POSTed to `{endpoint}/v1/traces` as protobuf). Empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// How long spans wait to be exported together.
+    pub export_interval: Span,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "microclaw".into(),
+            export_interval: Span::secs(5),
+        }
+    }
+}
+
+/// The analytics sink: turn and delivery events streamed to ClickHouse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// ClickHouse's HTTP interface, e.g. `http://clickhouse:8123`. Empty: off.
+    pub clickhouse_url: String,
+    pub database: String,
+    /// Created on first use when missing.
+    pub table: String,
+    /// Environment variables holding ClickHouse's user and password (basic auth).
+    pub user_env: Option<String>,
+    pub password_env: Option<String>,
+    /// Events written in one INSERT at most.
+    pub batch_size: usize,
+    /// How long an event waits for its batch to fill.
+    pub flush_interval: Span,
+    /// Events held while ClickHouse is slow or down; past it new events are
+    /// dropped and counted (`microclaw_analytics_events_dropped_total`).
+    pub buffer: usize,
+    /// Whether events carry the reply text. Off: ids, counts and timings only.
+    pub include_text: bool,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            clickhouse_url: String::new(),
+            database: "default".into(),
+            table: "microclaw_events".into(),
+            user_env: None,
+            password_env: None,
+            batch_size: 1000,
+            flush_interval: Span::secs(1),
+            buffer: 10_000,
+            include_text: false,
+        }
+    }
+}
+
 /// Health and limits shared by every route.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -748,8 +815,18 @@ pub struct Settings {
     pub memory: MemoryConfig,
     pub identity: IdentityConfig,
     pub admin: AdminSettings,
+    pub telemetry: TelemetryConfig,
+    pub analytics: AnalyticsSettings,
     pub agents: BTreeMap<String, AgentConfig>,
     pub connectors: BTreeMap<String, ConnectorSettings>,
+}
+
+/// The analytics sink's configuration with its credentials read.
+#[derive(Debug, Clone)]
+pub struct AnalyticsSettings {
+    pub config: AnalyticsConfig,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -792,6 +869,10 @@ impl ConnectorSettings {
             .trim_end_matches('/')
             .to_owned()
     }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 fn whsec_secret(value: &str) -> Result<(), String> {
@@ -1039,6 +1120,67 @@ impl Settings {
                 "must be positive".into(),
             );
         }
+        let telemetry = &raw.telemetry;
+        if !telemetry.otlp_endpoint.is_empty() && !is_http_url(&telemetry.otlp_endpoint) {
+            problem(
+                "telemetry.otlp_endpoint".into(),
+                format!("`{}` is not an http(s) URL", telemetry.otlp_endpoint),
+            );
+        }
+        if telemetry.export_interval.0.is_zero() {
+            problem(
+                "telemetry.export_interval".into(),
+                "must be positive".into(),
+            );
+        }
+        let sink = &raw.analytics;
+        let mut analytics = AnalyticsSettings {
+            config: sink.clone(),
+            user: None,
+            password: None,
+        };
+        if !sink.clickhouse_url.is_empty() {
+            if !is_http_url(&sink.clickhouse_url) {
+                problem(
+                    "analytics.clickhouse_url".into(),
+                    format!("`{}` is not an http(s) URL", sink.clickhouse_url),
+                );
+            }
+            for (name, value) in [("database", &sink.database), ("table", &sink.table)] {
+                // Spliced into SQL: plain identifiers only.
+                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    problem(
+                        format!("analytics.{name}"),
+                        format!("`{value}` is not a plain identifier (letters, digits, _)"),
+                    );
+                }
+            }
+            if sink.batch_size == 0 || sink.buffer == 0 {
+                problem(
+                    "analytics.batch_size".into(),
+                    "batch_size and buffer must be positive".into(),
+                );
+            }
+            if sink.flush_interval.0.is_zero() {
+                problem("analytics.flush_interval".into(), "must be positive".into());
+            }
+            for (name, var) in [
+                ("user_env", &sink.user_env),
+                ("password_env", &sink.password_env),
+            ] {
+                if let Some(var) = var {
+                    match env(var) {
+                        Some(value) if name == "user_env" => analytics.user = Some(value),
+                        Some(value) => analytics.password = Some(SecretString::from(value)),
+                        None => problem(
+                            format!("analytics.{name}"),
+                            format!("environment variable {var} is not set"),
+                        ),
+                    }
+                }
+            }
+        }
         let mut admin = AdminSettings {
             listen: raw.admin.listen.clone(),
             tokens: Vec::new(),
@@ -1093,10 +1235,7 @@ impl Settings {
             let mut api_keys = Vec::new();
             match model.provider {
                 ProviderKind::Openai | ProviderKind::Anthropic => {
-                    if !model.base_url.is_empty()
-                        && !model.base_url.starts_with("http://")
-                        && !model.base_url.starts_with("https://")
-                    {
+                    if !model.base_url.is_empty() && !is_http_url(&model.base_url) {
                         problem(key("base_url"), "must be an http(s) URL".into());
                     }
                     if model.model.is_empty() {
@@ -1403,8 +1542,7 @@ impl Settings {
                 }
             }
             if let Some(url) = &connector.api_base_url
-                && !url.starts_with("http://")
-                && !url.starts_with("https://")
+                && !is_http_url(url)
             {
                 problem(key("api_base_url"), "must be an http(s) URL".into());
             }
@@ -1413,7 +1551,7 @@ impl Settings {
                     key("callback_url"),
                     "must be set for the custom channel".into(),
                 ),
-                (_, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                (_, Some(url)) if !is_http_url(url) => {
                     problem(key("callback_url"), "must be an http(s) URL".into())
                 }
                 _ => {}
@@ -1447,6 +1585,8 @@ impl Settings {
             memory: raw.memory,
             identity: raw.identity,
             admin,
+            telemetry: raw.telemetry,
+            analytics,
             agents,
             connectors,
         })
@@ -1542,6 +1682,46 @@ mod tests {
         }
         let errors = RawConfig::from_toml("[memory]\ngroup_user_facts = \"everyone\"").unwrap_err();
         assert_eq!(errors.0[0].key, "memory.group_user_facts");
+    }
+
+    #[test]
+    fn telemetry_and_analytics_mistakes_name_their_keys() {
+        let text = r#"
+            [telemetry]
+            otlp_endpoint = "collector:4318"
+            [analytics]
+            clickhouse_url = "http://clickhouse:8123"
+            table = "events; DROP TABLE users"
+            batch_size = 0
+            password_env = "CLICKHOUSE_PASSWORD"
+        "#;
+        let env = env_with(&[("MICROCLAW_CUSTOM_SECRET", SECRET)]);
+        let errors = Settings::from_toml(text, &env).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "telemetry.otlp_endpoint",
+            "analytics.table",
+            "analytics.batch_size",
+            "analytics.password_env",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        // Off by default; the password is read from its variable when set.
+        let settings = Settings::from_toml("", &env).unwrap();
+        assert!(settings.analytics.config.clickhouse_url.is_empty());
+        assert!(settings.telemetry.otlp_endpoint.is_empty());
+        let env = env_with(&[
+            ("MICROCLAW_CUSTOM_SECRET", SECRET),
+            ("CH_USER", "microclaw"),
+            ("CH_PASSWORD", "hunter2"),
+        ]);
+        let settings = Settings::from_toml(
+            "[analytics]\nclickhouse_url = \"http://ch:8123\"\nuser_env = \"CH_USER\"\npassword_env = \"CH_PASSWORD\"",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(settings.analytics.user.as_deref(), Some("microclaw"));
+        assert!(settings.analytics.password.is_some());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Deployment {
     pub router: Router,
     pub pacer: Pacer,
     pub dedup: Option<DedupCache>,
+    /// The ClickHouse sink, when configured.
+    pub analytics: Option<crate::analytics::Analytics>,
 }
 
 impl Deployment {
@@ -86,6 +88,7 @@ impl Deployment {
             settings.redis.timeout.0,
         );
         let dedup = redis.map(|connection| DedupCache::new(&settings.redis, connection));
+        let analytics = crate::analytics::Analytics::start(&settings.analytics, http);
         Ok(Arc::new(Self {
             settings,
             store,
@@ -93,6 +96,7 @@ impl Deployment {
             router,
             pacer,
             dedup,
+            analytics,
         }))
     }
 }

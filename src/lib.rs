@@ -5,6 +5,7 @@
 //! the guarantees of DESIGN.md ("Guarantees") holding under concurrency and crashes.
 
 pub mod admin;
+pub mod analytics;
 pub mod channels;
 pub mod cli;
 pub mod config;

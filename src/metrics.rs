@@ -77,6 +77,11 @@ struct CandidateLabel {
     candidate: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 fn seconds_histogram() -> Histogram {
     // 1 ms to about 65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -100,6 +105,8 @@ struct Metrics {
     model_cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
     deliveries: Family<ChannelOutcome, Counter>,
     breaker_open: Family<CandidateLabel, Gauge>,
+    analytics_events: Family<OutcomeLabel, Counter>,
+    analytics_write_failures: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -121,6 +128,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         model_cost: Family::default(),
         deliveries: Family::default(),
         breaker_open: Family::default(),
+        analytics_events: Family::default(),
+        analytics_write_failures: Counter::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -194,6 +203,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "breaker_open",
         "1 while this process sees the candidate's circuit breaker open",
         metrics.breaker_open.clone(),
+    );
+    registry.register(
+        "analytics_events",
+        "Analytics events written to ClickHouse or dropped (buffer full)",
+        metrics.analytics_events.clone(),
+    );
+    registry.register(
+        "analytics_write_failures",
+        "Failed attempts to write a batch of analytics events",
+        metrics.analytics_write_failures.clone(),
     );
     Metrics {
         registry,
@@ -286,6 +305,19 @@ pub fn delivery(channel: &str, outcome: &'static str) {
             outcome,
         })
         .inc();
+}
+
+/// Analytics events `written` to ClickHouse or `dropped`.
+pub fn analytics_events(outcome: &'static str, count: u64) {
+    METRICS
+        .analytics_events
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc_by(count);
+}
+
+/// A batch of analytics events could not be written (it is retried).
+pub fn analytics_write_failed() {
+    METRICS.analytics_write_failures.inc();
 }
 
 /// Whether this process sees `candidate`'s breaker open.

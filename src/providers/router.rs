@@ -21,6 +21,7 @@
 //! as a [`ModelCall`] with its key id (never the key), tokens, cost and latency.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
+use tracing::Instrument;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
@@ -407,9 +408,20 @@ impl Router {
             let started = Instant::now();
             let started_at = Utc::now();
             let timeout = config.timeout.0.min(remaining);
+            let span = tracing::info_span!(
+                "model_call",
+                otel.kind = "client",
+                candidate = %candidate.name,
+                provider = candidate.provider_name(),
+                model = %config.model,
+                outcome = tracing::field::Empty,
+            );
             let result = match tokio::time::timeout(
                 timeout,
-                candidate.provider.complete(request, key.map(|(_, k)| k)),
+                candidate
+                    .provider
+                    .complete(request, key.map(|(_, k)| k))
+                    .instrument(span.clone()),
             )
             .await
             {
@@ -433,6 +445,13 @@ impl Router {
                 cost_usd: 0.0,
                 started_at,
             };
+            span.record(
+                "outcome",
+                match &result {
+                    Ok(_) => "ok",
+                    Err(e) => error_class(e.kind),
+                },
+            );
             let error = match result {
                 Ok(response) => {
                     let (input, output) = (

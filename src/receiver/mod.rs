@@ -76,11 +76,21 @@ async fn hook(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ReceiverError> {
     let started = std::time::Instant::now();
+    let arrived = std::time::SystemTime::now();
     let channel = deployment
         .connectors
         .get(&connector_id)
         .map_or("unknown", |c| c.channel.kind().as_str());
-    let result = handle(&deployment, &connector_id, &method, &headers, query, body).await;
+    let result = handle(
+        &deployment,
+        &connector_id,
+        &method,
+        &headers,
+        query,
+        body,
+        arrived,
+    )
+    .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(ReceiverError::Unavailable(_)) => "unavailable",
@@ -97,6 +107,7 @@ async fn handle(
     headers: &HeaderMap,
     query: Option<String>,
     body: Result<Bytes, BytesRejection>,
+    arrived: std::time::SystemTime,
 ) -> Result<Response, ReceiverError> {
     let connector = deployment
         .connectors
@@ -136,7 +147,7 @@ async fn handle(
     // messages already recorded are recognised as duplicates.
     let mut answers = Vec::with_capacity(messages.len());
     for message in &messages {
-        answers.push(accept(deployment, connector, connector_id, message).await?);
+        answers.push(accept(deployment, connector, connector_id, message, arrived).await?);
     }
     if let Some((content_type, body)) = connector.channel.acknowledgement() {
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
@@ -153,6 +164,7 @@ async fn accept(
     connector: &crate::deployment::Connector,
     connector_id: &str,
     message: &crate::channels::InboundMessage,
+    arrived: std::time::SystemTime,
 ) -> Result<serde_json::Value, ReceiverError> {
     if let Some(dedup) = &deployment.dedup
         && dedup.seen(connector_id, &message.platform_message_id).await
@@ -197,6 +209,13 @@ async fn accept(
             session_id,
             trace_id,
         } => {
+            crate::telemetry::inbound_span(
+                &trace_id,
+                arrived,
+                routing.channel,
+                connector_id,
+                event_id,
+            );
             tracing::info!(
                 trace_id = %trace_id,
                 connector = %connector_id,

@@ -40,6 +40,7 @@ pub async fn run(
         delivery_id = %job.delivery_id,
         attempt = job.attempt
     );
+    crate::telemetry::continue_trace(&span, &job.trace_id);
     let result = deliver(&deployment, &job).instrument(span).await;
     if let Err(e) = &result {
         tracing::error!(trace_id = %job.trace_id, delivery_id = %job.delivery_id, error = %e, "delivery job failed; the queue retries it");
@@ -70,6 +71,7 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
         tracing::debug!("nothing to send (already delivered, dead, or this attempt ran)");
         return Ok(());
     };
+    let mut sent_at = std::time::Instant::now();
     let result = match deployment.connectors.get(&row.connector_id) {
         Some(connector) => {
             let message = OutboundMessage {
@@ -81,6 +83,7 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
             };
             let paces = connector.channel.pacing(&message.target);
             deployment.pacer.wait_turn(&paces).await;
+            sent_at = std::time::Instant::now();
             connector.channel.send(&message).await
         }
         None => Err(SendError::Permanent {
@@ -119,15 +122,33 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
             AttemptOutcome::RetryAfter(e, wait)
         }
     };
-    crate::metrics::delivery(
-        &row.channel,
-        match &outcome {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::RetryAfter(SendError::RateLimited { .. }, _) => "rate_limited",
-            AttemptOutcome::RetryAfter(..) => "retry",
-            AttemptOutcome::Dead(..) => "dead",
-        },
-    );
+    let outcome_name = match &outcome {
+        AttemptOutcome::Delivered => "delivered",
+        AttemptOutcome::RetryAfter(SendError::RateLimited { .. }, _) => "rate_limited",
+        AttemptOutcome::RetryAfter(..) => "retry",
+        AttemptOutcome::Dead(..) => "dead",
+    };
+    crate::metrics::delivery(&row.channel, outcome_name);
+    if let Some(analytics) = &deployment.analytics {
+        analytics.record(crate::analytics::Event {
+            event_time: chrono::Utc::now(),
+            kind: "delivery",
+            id: row.id.to_string(),
+            trace_id: row.trace_id.clone(),
+            channel: row.channel.clone(),
+            connector: row.connector_id.clone(),
+            latency_ms: sent_at.elapsed().as_millis() as u64,
+            attempt: job.attempt,
+            outcome: outcome_name,
+            error_class: result
+                .as_ref()
+                .err()
+                .map(|e| e.class().to_owned())
+                .unwrap_or_default(),
+            text: row.text.clone(),
+            ..Default::default()
+        });
+    }
     match &outcome {
         AttemptOutcome::Delivered => tracing::info!(connector = %row.connector_id, "delivered"),
         AttemptOutcome::RetryAfter(e, wait) => tracing::warn!(

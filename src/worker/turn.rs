@@ -55,6 +55,7 @@ pub async fn run(
 ) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
     let span = tracing::info_span!("turn", trace_id = %job.trace_id, session_id = %job.session_id);
+    crate::telemetry::continue_trace(&span, &job.trace_id);
     // On its last queue attempt a job that keeps failing (a poison message, not
     // a model failure: those are answered with the apology) gives the earliest
     // unanswered message up: it is committed as a failed turn with the apology,
@@ -342,6 +343,24 @@ async fn answer(
         (Utc::now() - started_at).to_std().unwrap_or_default(),
     );
     if committed == TurnCommit::Committed {
+        if let Some(analytics) = &deployment.analytics {
+            analytics.record(turn_event(
+                TurnFacts {
+                    turn_id,
+                    session_id: lease.session_id,
+                    agent: agent_name,
+                    channel,
+                    connector: &last.connector_id,
+                    trace_id: &trace_id,
+                    events: events.len(),
+                    model: model.as_deref(),
+                    error: error.is_some(),
+                    reply: &reply,
+                    started_at,
+                },
+                &calls,
+            ));
+        }
         tracing::info!(
             %turn_id,
             events = events.len(),
@@ -368,6 +387,71 @@ async fn answer(
         }
     }
     Ok(committed)
+}
+
+/// What a committed turn's analytics event is made of, beside its model calls.
+struct TurnFacts<'a> {
+    turn_id: Uuid,
+    session_id: Uuid,
+    agent: &'a str,
+    channel: &'a str,
+    connector: &'a str,
+    trace_id: &'a str,
+    events: usize,
+    model: Option<&'a str>,
+    error: bool,
+    reply: &'a str,
+    started_at: chrono::DateTime<Utc>,
+}
+
+/// The analytics event of a committed turn: tokens, cost and model time summed
+/// over its model calls (retries and failover included).
+fn turn_event(turn: TurnFacts<'_>, calls: &[ModelCall]) -> crate::analytics::Event {
+    let now = Utc::now();
+    let answered_by = calls.iter().rev().find(|c| c.outcome == "ok");
+    crate::analytics::Event {
+        event_time: now,
+        kind: "turn",
+        id: turn.turn_id.to_string(),
+        trace_id: turn.trace_id.to_owned(),
+        session_id: turn.session_id.to_string(),
+        agent: turn.agent.to_owned(),
+        channel: turn.channel.to_owned(),
+        connector: turn.connector.to_owned(),
+        model: answered_by
+            .map(|c| c.model.clone())
+            .or_else(|| turn.model.map(str::to_owned))
+            .unwrap_or_default(),
+        provider: answered_by
+            .map(|c| c.provider.to_owned())
+            .unwrap_or_default(),
+        input_tokens: calls
+            .iter()
+            .filter_map(|c| c.input_tokens)
+            .sum::<i64>()
+            .max(0) as u64,
+        output_tokens: calls
+            .iter()
+            .filter_map(|c| c.output_tokens)
+            .sum::<i64>()
+            .max(0) as u64,
+        cost_usd: calls.iter().map(|c| c.cost_usd).sum(),
+        latency_ms: (now - turn.started_at).num_milliseconds().max(0) as u64,
+        model_latency_ms: calls.iter().map(|c| c.latency_ms).sum::<i64>().max(0) as u64,
+        model_calls: calls.len() as u32,
+        attempt: turn.events as u32,
+        outcome: if turn.error { "failed" } else { "completed" },
+        error_class: match turn.error {
+            // The last failure class the router saw, or why no model answered.
+            true => calls
+                .iter()
+                .rev()
+                .find(|c| c.outcome != "ok")
+                .map_or_else(|| "no_model_answer".to_owned(), |c| c.outcome.clone()),
+            false => String::new(),
+        },
+        text: turn.reply.to_owned(),
+    }
 }
 
 /// The first model request of a turn: the memory layers rehydrated and fitted

@@ -134,20 +134,7 @@ async fn start_all_with_a_turn_in_flight(app: &TestApp) -> (tokio::process::Chil
     let child = app.spawn_binary(&["all"], Some(&listen));
 
     // Wait until the process serves, then give it a message whose turn is in flight.
-    let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("http://{listen}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_serving(&app.http, &format!("http://{listen}")).await;
     let called = app.model.call_started.notified();
     let message = TestMessage::direct("t1", "xena", "xena:bye");
     let accepted = app

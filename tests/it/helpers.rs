@@ -369,7 +369,11 @@ impl TestApp {
         let key_prefix = format!("test-{}", db.name);
         let config_toml = config.toml(&database_url, &model, &platform, &key_prefix);
         let settings = Settings::from_toml(&config_toml, &test_env).expect("test config is valid");
-        microclaw::telemetry::init(&settings.log);
+        // In-process roles log only; trace export is tested against a real process.
+        drop(microclaw::telemetry::init(
+            &settings.log,
+            &Default::default(),
+        ));
         let deployment = Deployment::new(settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
@@ -627,6 +631,27 @@ impl TestApp {
         command
     }
 
+    /// Starts `microclaw all` from this app's configuration on a free port with
+    /// the extra environment `envs`, its stdout piped; waits until it serves.
+    /// Returns the process and its base URL.
+    pub async fn start_all(&self, envs: &[(&str, &str)]) -> (tokio::process::Child, String) {
+        let listen = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().to_string()
+        };
+        let child = self
+            .binary(&["all"], Some(&listen))
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://{listen}");
+        wait_until_serving(&self.http, &base).await;
+        (child, base)
+    }
+
     pub async fn stop(mut self) {
         std::fs::remove_dir_all(std::env::temp_dir().join(format!("microclaw-{}", self.db.name)))
             .ok();
@@ -650,5 +675,14 @@ impl TestApp {
                 admin.close().await;
             }
         }
+    }
+}
+
+/// Polls `{base}/healthz` until a process answers, or panics after 20 s.
+pub async fn wait_until_serving(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "nothing serves {base}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -2,6 +2,7 @@
 //! port 0, fake model and platform servers on loopback.
 
 mod admin;
+mod analytics;
 mod browser;
 mod cli;
 mod delivery;
@@ -18,6 +19,7 @@ mod router;
 mod slack;
 mod telegram;
 mod tools;
+mod traces;
 mod turn_faults;
 mod twilio;
 mod whatsapp;

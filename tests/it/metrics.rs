@@ -7,14 +7,14 @@ use std::time::Duration;
 use crate::helpers::{TestApp, TestConfig, TestMessage};
 
 /// The value of the sample `series` (name with its labels, as exposed), 0 when absent.
-fn sample(exposition: &str, series: &str) -> f64 {
+pub(crate) fn sample(exposition: &str, series: &str) -> f64 {
     exposition
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     let response = app
         .http
         .get(format!("{}/metrics", app.address))
@@ -68,34 +68,12 @@ async fn metrics_count_webhooks_turns_model_calls_and_deliveries() {
 #[tokio::test]
 async fn the_webhook_turn_and_delivery_logs_share_one_trace_id() {
     let app = TestApp::spawn(TestConfig::default()).await;
-    let listen = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
-    let mut child = app
-        .binary(&["all"], Some(&listen))
-        .env("MICROCLAW_LOG__FORMAT", "json")
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://{listen}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app
-        .http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "microclaw all did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (child, base) = app
+        .start_all(&[
+            ("MICROCLAW_LOG__FORMAT", "json"),
+            ("RUST_LOG", "info,sqlx=warn"),
+        ])
+        .await;
     let message = TestMessage::direct("tr1", "ada", "ada:trace me");
     let response = app
         .post_signed_at(
@@ -110,6 +88,7 @@ async fn the_webhook_turn_and_delivery_logs_share_one_trace_id() {
     let trace_id = accepted["trace_id"].as_str().unwrap().to_owned();
     app.wait_for_replies(1, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = child;
     child.start_kill().unwrap();
     let output = child.wait_with_output().await.unwrap();
     let logs: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
