@@ -11,7 +11,7 @@ use axum::{
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use microclaw::{
-    channels::{self, Inbound, InboundRequest, standard_webhooks::SigningKey},
+    channels::{self, Channel, Inbound, InboundRequest, standard_webhooks::SigningKey},
     config::{EXAMPLE_CONFIG, Settings},
 };
 
@@ -23,9 +23,9 @@ fn hot_path(c: &mut Criterion) {
     let env = |name: &str| (name == "MICROCLAW_CUSTOM_SECRET").then(|| SECRET.to_owned());
     let settings = Settings::from_toml(EXAMPLE_CONFIG, &env).expect("example config is valid");
     let connector = &settings.connectors["custom"];
-    let channel = channels::build(
+    let channel = channels::custom::CustomChannel::new(
         connector,
-        &reqwest::Client::builder().build().expect("client"),
+        reqwest::Client::builder().build().expect("client"),
         settings.receiver.signature_tolerance.0,
     );
     let now = chrono::Utc::now();

@@ -278,12 +278,17 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
     );
     println!("  model:    {agent_model}");
     for connector in deployment.connectors.values() {
-        println!(
-            "  webhook:  POST {address}/hooks/{} ({} channel, Standard Webhooks; secret in {})",
-            connector.id(),
-            connector.channel.kind().as_str(),
-            data_dir.join("dev.json").display()
-        );
+        match connector.channel.kind() {
+            crate::config::ChannelKind::Webchat => {
+                println!("  chat:     {address}/chat/{} (web chat)", connector.id())
+            }
+            kind => println!(
+                "  webhook:  POST {address}/hooks/{} ({} channel; secret in {})",
+                connector.id(),
+                kind.as_str(),
+                data_dir.join("dev.json").display()
+            ),
+        }
     }
     println!(
         "  admin:    {address}/admin (page) and {address}{} (API); token {admin_token}",
@@ -300,7 +305,11 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
     let app = crate::receiver::router(deployment.clone())
         .merge(crate::dev::router(deployment.clone(), &secret)?)
         .merge(crate::admin::router(deployment.clone()));
-    let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown.clone()));
+    let receiver = tokio::spawn({
+        let deployment = deployment.clone();
+        let shutdown = shutdown.clone();
+        async move { roles::serve_http(app, listener, shutdown, &deployment).await }
+    });
     let worker = roles::run_worker(deployment, None, shutdown).await;
     receiver.await??;
     tokio::task::block_in_place(|| drop(telemetry));
@@ -374,7 +383,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             let app = crate::receiver::router(deployment.clone())
                 .merge(crate::admin::router(deployment.clone()));
-            let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown.clone()));
+            let receiver = tokio::spawn({
+                let deployment = deployment.clone();
+                let shutdown = shutdown.clone();
+                async move { roles::serve_http(app, listener, shutdown, &deployment).await }
+            });
             let worker = roles::run_worker(deployment, None, shutdown).await;
             receiver.await??;
             worker
@@ -392,7 +405,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let deployment = Deployment::new(settings).await?;
             let app = crate::admin::router(deployment.clone())
                 .merge(crate::health::router(deployment.store.clone()));
-            roles::serve_http(app, listener, shutdown).await
+            roles::serve_http(app, listener, shutdown, &deployment).await
         }
         // Answered in `main`.
         Command::Admin {

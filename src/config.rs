@@ -738,6 +738,8 @@ pub enum ChannelKind {
     Whatsapp,
     /// SMS through Twilio: form webhooks in, the Messages API out.
     Twilio,
+    /// The built-in web chat: a page and a JSON/SSE API served by the receiver.
+    Webchat,
 }
 
 impl ChannelKind {
@@ -748,6 +750,7 @@ impl ChannelKind {
             ChannelKind::Slack => "slack",
             ChannelKind::Whatsapp => "whatsapp",
             ChannelKind::Twilio => "twilio",
+            ChannelKind::Webchat => "webchat",
         }
     }
 }
@@ -761,7 +764,8 @@ pub struct ConnectorConfig {
     pub agent: String,
     /// Env var holding the secret inbound webhooks are signed with (custom: a
     /// `whsec_…` secret; Slack: the app's signing secret; WhatsApp: the Meta app secret;
-    /// Twilio: the account's Auth Token, which also authenticates sends).
+    /// Twilio: the account's Auth Token, which also authenticates sends; web chat:
+    /// the key, 32 characters or more, that signs visitors' session tokens).
     #[serde(default)]
     pub signing_secret_env: Option<String>,
     /// Where replies are POSTed (custom channel).
@@ -869,6 +873,13 @@ impl ConnectorSettings {
             .trim_end_matches('/')
             .to_owned()
     }
+}
+
+fn token_key(value: &str) -> Result<(), String> {
+    if value.len() < 32 {
+        return Err("must be at least 32 characters (it signs visitors' session tokens)".into());
+    }
+    Ok(())
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -1494,6 +1505,13 @@ impl Settings {
                     true,
                     non_empty,
                 ),
+                // Signs visitors' session tokens.
+                Webchat => secret(
+                    "signing_secret_env",
+                    &connector.signing_secret_env,
+                    true,
+                    token_key,
+                ),
                 Telegram => None,
             };
             let callback_secret = match kind {
@@ -1510,7 +1528,7 @@ impl Settings {
                 Slack | Whatsapp | Telegram => {
                     secret("bot_token_env", &connector.bot_token_env, true, non_empty)
                 }
-                Custom | Twilio => None,
+                Custom | Twilio | Webchat => None,
             };
             let webhook_secret = match kind {
                 Telegram => secret(

@@ -37,6 +37,9 @@ pub struct Deployment {
     pub dedup: Option<DedupCache>,
     /// The ClickHouse sink, when configured.
     pub analytics: Option<crate::analytics::Analytics>,
+    /// Flips to true when the process stops serving: long-lived responses (the
+    /// web chat's event streams) end so a graceful shutdown can finish.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Deployment {
@@ -59,7 +62,8 @@ impl Deployment {
             .connectors
             .values()
             .map(|c| {
-                let channel = channels::build(c, &http, settings.receiver.signature_tolerance.0);
+                let channel =
+                    channels::build(c, &http, settings.receiver.signature_tolerance.0, &store);
                 (
                     c.config.id.clone(),
                     Connector {
@@ -97,6 +101,20 @@ impl Deployment {
             pacer,
             dedup,
             analytics,
+            closing: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Ends every open event stream (at shutdown).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Self::close_streams`] was called.
+    pub fn streams_closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        }
     }
 }

@@ -42,6 +42,8 @@ use crate::{
 
 /// The id of the built-in custom connector.
 pub const DEV_CONNECTOR: &str = "custom";
+/// The built-in web chat connector: its page is `/chat/chat`.
+pub const DEV_WEB_CHAT: &str = "chat";
 const SECRET_ENV: &str = "MICROCLAW_DEV_SECRET";
 
 /// What `microclaw send` needs to reach a running dev instance.
@@ -114,8 +116,8 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::io::Write::write_all(&mut options.open(path)?, contents)
 }
 
-/// The dev preset: the embedded store, one agent, the built-in custom connector,
-/// and OpenAI's model when `OPENAI_API_KEY` is set, else Claude when
+/// The dev preset: the embedded store, one agent, the built-in custom and web
+/// chat connectors (the generated secret signs both), and OpenAI's model when `OPENAI_API_KEY` is set, else Claude when
 /// `ANTHROPIC_API_KEY` is set, else the mock model.
 pub fn preset(data_dir: &Path, listen: &str, callback_base: &str) -> String {
     let key_set = |name: &str| std::env::var(name).is_ok_and(|key| !key.is_empty());
@@ -167,6 +169,12 @@ channel = "custom"
 agent = "assistant"
 signing_secret_env = "{SECRET_ENV}"
 callback_url = "{callback_base}/dev/v1/replies"
+
+[[connectors]]
+id = "{DEV_WEB_CHAT}"
+channel = "webchat"
+agent = "assistant"
+signing_secret_env = "{SECRET_ENV}"
 "#,
         store = data_dir.join("microclaw.db").display(),
     )

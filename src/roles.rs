@@ -69,7 +69,13 @@ pub async fn serve_receiver(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    serve_http(crate::receiver::router(deployment), listener, shutdown).await
+    serve_http(
+        crate::receiver::router(deployment.clone()),
+        listener,
+        shutdown,
+        &deployment,
+    )
+    .await
 }
 
 /// Serves `app` until shutdown, finishing the requests in flight.
@@ -77,10 +83,16 @@ pub async fn serve_http(
     app: axum::Router,
     listener: TcpListener,
     shutdown: Shutdown,
+    deployment: &Arc<Deployment>,
 ) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "receiver listening");
+    let deployment = deployment.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.wait())
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            // Open event streams end, or the server would wait for them forever.
+            deployment.close_streams();
+        })
         .await?;
     tracing::info!("receiver stopped");
     Ok(())

@@ -16,6 +16,7 @@ pub mod slack;
 pub mod standard_webhooks;
 pub mod telegram;
 pub mod twilio;
+pub mod webchat;
 pub mod whatsapp;
 
 use std::{sync::Arc, time::Duration};
@@ -375,6 +376,7 @@ pub fn build(
     connector: &ConnectorSettings,
     http: &reqwest::Client,
     signature_tolerance: Duration,
+    store: &crate::store::Store,
 ) -> Arc<dyn Channel> {
     match connector.config.channel {
         ChannelKind::Custom => Arc::new(custom::CustomChannel::new(
@@ -390,6 +392,7 @@ pub fn build(
             http.clone(),
             signature_tolerance,
         )),
+        ChannelKind::Webchat => Arc::new(webchat::WebChatChannel::new(connector, store.clone())),
     }
 }
 

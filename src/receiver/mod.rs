@@ -25,12 +25,15 @@ use crate::{
     store::{Recorded, Routing, StoreError},
 };
 
+mod webchat;
+
 pub fn router(deployment: Arc<Deployment>) -> Router {
     let limit = deployment.settings.receiver.max_body_bytes;
     Router::new()
         .route("/hooks/{connector_id}", get(hook).post(hook))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(deployment.clone())
+        .merge(webchat::router(deployment.clone()))
+        .layer(DefaultBodyLimit::max(limit))
         .merge(crate::health::router(deployment.store.clone()))
 }
 
@@ -159,7 +162,7 @@ async fn handle(
 }
 
 /// Records one inbound message unless it was seen before; its answer as JSON.
-async fn accept(
+pub(crate) async fn accept(
     deployment: &Deployment,
     connector: &crate::deployment::Connector,
     connector_id: &str,

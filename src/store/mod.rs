@@ -173,6 +173,48 @@ impl Store {
         }
     }
 
+    /// Appends to a web chat visitor's mailbox; idempotent on `message_key`.
+    pub async fn webchat_append(
+        &self,
+        connector_id: &str,
+        visitor_id: &str,
+        role: &str,
+        message_key: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        portable!(
+            self,
+            webchat::webchat_append(connector_id, visitor_id, role, message_key, text)
+        )
+    }
+
+    /// A web chat visitor's messages after `after_seq`, oldest first.
+    pub async fn webchat_messages(
+        &self,
+        connector_id: &str,
+        visitor_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<WebchatMessage>, StoreError> {
+        portable!(
+            self,
+            webchat::webchat_messages(connector_id, visitor_id, after_seq, limit)
+        )
+    }
+
+    /// A web chat visitor's newest `limit` messages, oldest first.
+    pub async fn webchat_recent(
+        &self,
+        connector_id: &str,
+        visitor_id: &str,
+        limit: i64,
+    ) -> Result<Vec<WebchatMessage>, StoreError> {
+        portable!(
+            self,
+            webchat::webchat_recent(connector_id, visitor_id, limit)
+        )
+    }
+
     /// A session with its transcript's summary; None once it was forgotten.
     pub async fn session_info(&self, session_id: Uuid) -> Result<Option<SessionInfo>, StoreError> {
         portable!(self, memory::session_info(session_id))

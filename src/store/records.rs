@@ -318,6 +318,18 @@ pub struct RecalledMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// One message of a web chat visitor's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct WebchatMessage {
+    pub seq: i64,
+    /// `visitor` or `agent`.
+    pub role: String,
+    /// `in:<the page's message id>` or `out:<delivery id>`.
+    pub key: String,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// One platform account of a person.
 #[derive(
     Debug,

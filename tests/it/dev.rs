@@ -316,3 +316,84 @@ async fn send_prints_the_final_answer_of_a_turn_that_called_a_tool() {
     assert_eq!(dev.model.calls().len(), 2);
     dev.stop().await;
 }
+
+/// The web chat in dev: a visitor's conversation is answered, and it is still
+/// there, and remembered by the agent, after a restart.
+#[tokio::test]
+async fn the_web_chat_answers_in_dev_and_keeps_its_history_across_restarts() {
+    let mut dev = DevInstance::new().await;
+    dev.start().await;
+    let http = reqwest::Client::new();
+    let base = format!(
+        "http://{}/chat/{}",
+        dev.listen,
+        microclaw::dev::DEV_WEB_CHAT
+    );
+    let session: serde_json::Value = http
+        .post(format!("{base}/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    let say = |id: &'static str, text: &'static str| {
+        let request = http
+            .post(format!("{base}/messages"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "id": id, "text": text }));
+        async move { request.send().await.unwrap().status() }
+    };
+    let mailbox = || {
+        let request = http.get(format!("{base}/messages")).bearer_auth(&token);
+        async move {
+            let listed: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            listed["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: {}",
+                        m["role"].as_str().unwrap(),
+                        m["text"].as_str().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let wait_for = |n: usize| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let messages = mailbox().await;
+            if messages.len() >= n {
+                return messages;
+            }
+            assert!(std::time::Instant::now() < deadline, "{messages:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(say("w1", "web:first").await, 200);
+    assert_eq!(
+        wait_for(2).await,
+        ["visitor: web:first", "agent: answer to [web:first]"]
+    );
+    dev.stop().await;
+
+    dev.start().await;
+    assert_eq!(
+        mailbox().await,
+        ["visitor: web:first", "agent: answer to [web:first]"],
+        "the conversation survives the restart, and so does the token"
+    );
+    assert_eq!(say("w2", "web:second").await, 200);
+    assert_eq!(wait_for(4).await[3], "agent: answer to [web:second]");
+    let calls = dev.model.calls();
+    assert_eq!(
+        calls[1].message_count,
+        calls[0].message_count + 2,
+        "the agent remembers the first exchange"
+    );
+    dev.stop().await;
+}

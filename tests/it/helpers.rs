@@ -21,6 +21,15 @@ use crate::fakes::{FakeModel, FakePlatform, ReceivedReply};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const CONNECTOR: &str = "web";
+/// Signs web chat visitors' tokens (`WEB_CHAT`).
+pub const CHAT_KEY: &str = "test-web-chat-key-0123456789abcdef";
+/// A web chat connector, for `TestConfig::extra`.
+pub const WEB_CHAT: &str = "[[connectors]]
+id = \"chat\"
+channel = \"webchat\"
+agent = \"assistant\"
+signing_secret_env = \"TEST_CHAT_KEY\"
+";
 pub const TELEGRAM_TOKEN: &str = "123456:test-token";
 pub const TELEGRAM_SECRET: &str = "mc_tg_secret-0001";
 pub const SLACK_SIGNING_SECRET: &str = "microclaw-test-signing-secret-0001";
@@ -288,6 +297,7 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_TWILIO_TOKEN" => Some(TWILIO_AUTH_TOKEN.into()),
         "TEST_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         "TEST_ADMIN_READ_TOKEN" => Some(ADMIN_READ_TOKEN.into()),
+        "TEST_CHAT_KEY" => Some(CHAT_KEY.into()),
         _ => None,
     }
 }
@@ -381,7 +391,10 @@ impl TestApp {
         // As `microclaw all` serves it: the webhooks and the admin API.
         let app = microclaw::receiver::router(deployment.clone())
             .merge(microclaw::admin::router(deployment.clone()));
-        let receiver = tokio::spawn(roles::serve_http(app, listener, shutdown));
+        let receiver = tokio::spawn({
+            let deployment = deployment.clone();
+            async move { roles::serve_http(app, listener, shutdown, &deployment).await }
+        });
         let pool = match db.backend {
             Backend::Postgres => TestPool::Postgres(PgPool::connect(&db.url).await.unwrap()),
             Backend::Sqlite => TestPool::Sqlite(
@@ -627,6 +640,7 @@ impl TestApp {
             .env("TEST_MODEL_KEY", "sk-test")
             .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TEST_ADMIN_READ_TOKEN", ADMIN_READ_TOKEN)
+            .env("TEST_CHAT_KEY", CHAT_KEY)
             .env("RUST_LOG", "warn");
         command
     }

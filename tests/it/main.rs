@@ -22,4 +22,5 @@ mod tools;
 mod traces;
 mod turn_faults;
 mod twilio;
+mod webchat;
 mod whatsapp;

@@ -546,6 +546,7 @@ pub async fn forget(
             .execute(&mut *tx)
             .await?;
     }
+    report.messages += super::webchat::forget_visitor(&mut tx, identity_id).await?;
     report.accounts = sqlx::query(sql("DELETE FROM accounts WHERE identity_id = $1"))
         .bind(identity_id)
         .execute(&mut *tx)

@@ -433,7 +433,12 @@ pub async fn purge_older_than(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let messages = sqlx::query(sql("DELETE FROM messages WHERE created_at < $1"))
+    let mut messages = sqlx::query(sql("DELETE FROM messages WHERE created_at < $1"))
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    messages += sqlx::query(sql("DELETE FROM webchat_messages WHERE created_at < $1"))
         .bind(cutoff)
         .execute(&mut *tx)
         .await?

@@ -23,6 +23,12 @@ pub mod inbound;
 )]
 pub mod memory;
 pub mod sessions;
+#[path = "../portable/webchat.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod webchat;
 
 /// What the backend-neutral store code (`store::portable`) needs from Postgres.
 pub(crate) mod dialect {
