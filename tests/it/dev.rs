@@ -397,3 +397,56 @@ async fn the_web_chat_answers_in_dev_and_keeps_its_history_across_restarts() {
     );
     dev.stop().await;
 }
+
+/// What a newcomer sees on start: where to chat, the webhook, the admin page
+/// with its token, and how to try it from a terminal.
+#[tokio::test]
+async fn dev_prints_where_to_chat_the_webhooks_and_the_admin_token() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dev = DevInstance::new().await;
+    let mut child = microclaw(&dev.data_dir)
+        .args(["dev", "--listen", &dev.listen, "--data-dir"])
+        .arg(&dev.data_dir)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("Try it");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("dev prints its banner");
+    let banner = banner.join("\n");
+    let address = format!("http://{}", dev.listen);
+    assert!(
+        banner.contains("model:    default"),
+        "the mock model without a key:\n{banner}"
+    );
+    assert!(
+        banner.contains(&format!("chat:     {address}/chat/chat")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("webhook:  POST {address}/hooks/custom")),
+        "{banner}"
+    );
+    let token = dev.info().admin_token;
+    assert!(
+        banner.contains(&format!("{address}/admin")) && banner.contains(&token),
+        "{banner}"
+    );
+    // The printed chat URL serves the page.
+    let page = reqwest::get(format!("{address}/chat/chat")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    child.kill().await.unwrap();
+}
