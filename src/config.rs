@@ -740,6 +740,8 @@ pub enum ChannelKind {
     Twilio,
     /// The built-in web chat: a page and a JSON/SSE API served by the receiver.
     Webchat,
+    /// iMessage through a self-hosted BlueBubbles server: webhooks in, its REST API out.
+    Imessage,
 }
 
 impl ChannelKind {
@@ -751,6 +753,7 @@ impl ChannelKind {
             ChannelKind::Whatsapp => "whatsapp",
             ChannelKind::Twilio => "twilio",
             ChannelKind::Webchat => "webchat",
+            ChannelKind::Imessage => "imessage",
         }
     }
 }
@@ -776,10 +779,11 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub callback_secret_env: Option<String>,
     /// Env var holding the API token (Telegram bot token; Slack `xoxb-…`; WhatsApp
-    /// system-user access token).
+    /// system-user access token; iMessage: the BlueBubbles server password).
     #[serde(default)]
     pub bot_token_env: Option<String>,
-    /// Env var holding the webhook secret token given to `setWebhook` (Telegram).
+    /// Env var holding the webhook secret token given to `setWebhook` (Telegram), or
+    /// the token in the webhook URL's `?token=` (iMessage).
     #[serde(default)]
     pub secret_token_env: Option<String>,
     /// Env var holding the verify token of the webhook subscription handshake (WhatsApp).
@@ -791,7 +795,8 @@ pub struct ConnectorConfig {
     /// The account the connector sends as (Twilio `AC…`).
     #[serde(default)]
     pub account_sid: Option<String>,
-    /// The platform API's base URL (tests point it at a fake).
+    /// The platform API's base URL (tests point it at a fake; iMessage: the
+    /// BlueBubbles server, required).
     #[serde(default)]
     pub api_base_url: Option<String>,
     /// The bot's username: in groups it answers only messages that mention it (Telegram).
@@ -873,6 +878,19 @@ impl ConnectorSettings {
             .trim_end_matches('/')
             .to_owned()
     }
+}
+
+fn url_token(value: &str) -> Result<(), String> {
+    if value.len() < 24
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(
+            "must be 24 or more letters, digits, - or _ (it goes in the webhook URL)".into(),
+        );
+    }
+    Ok(())
 }
 
 fn token_key(value: &str) -> Result<(), String> {
@@ -1512,7 +1530,7 @@ impl Settings {
                     true,
                     token_key,
                 ),
-                Telegram => None,
+                Telegram | Imessage => None,
             };
             let callback_secret = match kind {
                 Custom => secret(
@@ -1525,7 +1543,8 @@ impl Settings {
                 _ => None,
             };
             let bot_token = match kind {
-                Slack | Whatsapp | Telegram => {
+                // iMessage: the BlueBubbles server password.
+                Slack | Whatsapp | Telegram | Imessage => {
                     secret("bot_token_env", &connector.bot_token_env, true, non_empty)
                 }
                 Custom | Twilio | Webchat => None,
@@ -1537,8 +1556,16 @@ impl Settings {
                     true,
                     telegram_secret_token,
                 ),
+                // iMessage: the token in the webhook URL (BlueBubbles signs nothing).
+                Imessage => secret(
+                    "secret_token_env",
+                    &connector.secret_token_env,
+                    true,
+                    url_token,
+                ),
                 _ => None,
             };
+
             let verify_token = match kind {
                 Whatsapp => secret(
                     "verify_token_env",
@@ -1548,6 +1575,13 @@ impl Settings {
                 ),
                 _ => None,
             };
+            if kind == Imessage && connector.api_base_url.is_none() {
+                problem(
+                    key("api_base_url"),
+                    "must be the BlueBubbles server's URL, e.g. https://mac.example.com:1234"
+                        .into(),
+                );
+            }
             if kind == Twilio {
                 if connector.public_url.is_none() {
                     problem(

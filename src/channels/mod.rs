@@ -11,6 +11,7 @@
 
 pub mod custom;
 pub mod format;
+pub mod imessage;
 pub mod pacing;
 pub mod slack;
 pub mod standard_webhooks;
@@ -393,6 +394,7 @@ pub fn build(
             signature_tolerance,
         )),
         ChannelKind::Webchat => Arc::new(webchat::WebChatChannel::new(connector, store.clone())),
+        ChannelKind::Imessage => Arc::new(imessage::IMessageChannel::new(connector, http.clone())),
     }
 }
 

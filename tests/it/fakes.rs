@@ -556,6 +556,8 @@ pub struct FakeApi {
 #[derive(Default)]
 struct ApiState {
     calls: Vec<(String, Value)>,
+    /// The query string of every call.
+    queries: Vec<String>,
     authorizations: Vec<String>,
     /// Answers for the next message sends: (HTTP status, body, Retry-After).
     script: VecDeque<(u16, Value, Option<u64>)>,
@@ -566,6 +568,7 @@ const SEND_METHODS: &[&str] = &[
     "/chat.postMessage",
     "/messages",
     "/Messages.json",
+    "/api/v1/message/text",
 ];
 
 /// A message send (not a typing indicator or read receipt).
@@ -607,6 +610,11 @@ impl FakeApi {
         self.state.lock().unwrap().authorizations.clone()
     }
 
+    /// The query string of every call ("" when none).
+    pub fn queries(&self) -> Vec<String> {
+        self.state.lock().unwrap().queries.clone()
+    }
+
     /// Every call as (path, body).
     pub fn calls(&self) -> Vec<(String, Value)> {
         self.state.lock().unwrap().calls.clone()
@@ -639,6 +647,9 @@ async fn api_method(
     let path = uri.path().to_owned();
     let send = is_send(&path, &body);
     state.calls.push((path.clone(), body));
+    state
+        .queries
+        .push(uri.query().unwrap_or_default().to_owned());
     let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -36,6 +36,9 @@ pub const SLACK_SIGNING_SECRET: &str = "microclaw-test-signing-secret-0001";
 pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token";
 pub const WHATSAPP_APP_SECRET: &str = "0123456789abcdef0123456789abcdef";
 pub const TWILIO_AUTH_TOKEN: &str = "microclaw_test_auth_token_00001";
+/// The token in the iMessage connector's webhook URL, and the BlueBubbles password.
+pub const IMESSAGE_URL_TOKEN: &str = "bb-url-token-0123456789abcdef";
+pub const BLUEBUBBLES_PASSWORD: &str = "bb server password";
 pub const ADMIN_TOKEN: &str = "mcadm_test_operate_token_0001";
 pub const ADMIN_READ_TOKEN: &str = "mcadm_test_read_token_00001";
 
@@ -298,6 +301,8 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         "TEST_ADMIN_READ_TOKEN" => Some(ADMIN_READ_TOKEN.into()),
         "TEST_CHAT_KEY" => Some(CHAT_KEY.into()),
+        "TEST_BB_TOKEN" => Some(IMESSAGE_URL_TOKEN.into()),
+        "TEST_BB_PASSWORD" => Some(BLUEBUBBLES_PASSWORD.into()),
         _ => None,
     }
 }

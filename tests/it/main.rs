@@ -9,6 +9,7 @@ mod delivery;
 mod dev;
 mod fakes;
 mod helpers;
+mod imessage;
 mod memory;
 mod metrics;
 mod ordering;
