@@ -742,6 +742,9 @@ pub enum ChannelKind {
     Webchat,
     /// iMessage through a self-hosted BlueBubbles server: webhooks in, its REST API out.
     Imessage,
+    /// Discord: slash-command interactions in (and gateway messages, through the
+    /// `discord-gateway` role), interaction follow-ups and channel messages out.
+    Discord,
 }
 
 impl ChannelKind {
@@ -754,6 +757,7 @@ impl ChannelKind {
             ChannelKind::Twilio => "twilio",
             ChannelKind::Webchat => "webchat",
             ChannelKind::Imessage => "imessage",
+            ChannelKind::Discord => "discord",
         }
     }
 }
@@ -799,6 +803,13 @@ pub struct ConnectorConfig {
     /// BlueBubbles server, required).
     #[serde(default)]
     pub api_base_url: Option<String>,
+    /// The application's public key, hex, from the Developer Portal (Discord): it
+    /// verifies the Ed25519 signature of every interaction.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// The slash command the agent answers (Discord), e.g. `ask` for `/ask`.
+    #[serde(default)]
+    pub command: Option<String>,
     /// The bot's username: in groups it answers only messages that mention it (Telegram).
     #[serde(default)]
     pub bot_username: Option<String>,
@@ -1530,7 +1541,7 @@ impl Settings {
                     true,
                     token_key,
                 ),
-                Telegram | Imessage => None,
+                Telegram | Imessage | Discord => None,
             };
             let callback_secret = match kind {
                 Custom => secret(
@@ -1547,6 +1558,8 @@ impl Settings {
                 Slack | Whatsapp | Telegram | Imessage => {
                     secret("bot_token_env", &connector.bot_token_env, true, non_empty)
                 }
+                // Sends past an interaction's 15 minutes, and the gateway.
+                Discord => secret("bot_token_env", &connector.bot_token_env, false, non_empty),
                 Custom | Twilio | Webchat => None,
             };
             let webhook_secret = match kind {
@@ -1575,6 +1588,24 @@ impl Settings {
                 ),
                 _ => None,
             };
+            if kind == Discord {
+                let key_ok = connector
+                    .public_key
+                    .as_deref()
+                    .is_some_and(|k| k.len() == 64 && k.chars().all(|c| c.is_ascii_hexdigit()));
+                if !key_ok {
+                    problem(
+                        key("public_key"),
+                        "must be the application's public key: 64 hex digits".into(),
+                    );
+                }
+                if connector.command.as_deref().is_none_or(str::is_empty) {
+                    problem(
+                        key("command"),
+                        "must name the slash command the agent answers, e.g. \"ask\"".into(),
+                    );
+                }
+            }
             if kind == Imessage && connector.api_base_url.is_none() {
                 problem(
                     key("api_base_url"),

@@ -10,6 +10,7 @@
 //! Adding a channel: its file, one line in [`build`], its tests.
 
 pub mod custom;
+pub mod discord;
 pub mod format;
 pub mod imessage;
 pub mod pacing;
@@ -395,6 +396,11 @@ pub fn build(
         )),
         ChannelKind::Webchat => Arc::new(webchat::WebChatChannel::new(connector, store.clone())),
         ChannelKind::Imessage => Arc::new(imessage::IMessageChannel::new(connector, http.clone())),
+        ChannelKind::Discord => Arc::new(discord::DiscordChannel::new(
+            connector,
+            http.clone(),
+            signature_tolerance,
+        )),
     }
 }
 

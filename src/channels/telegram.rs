@@ -409,6 +409,8 @@ mod tests {
                 verify_token_env: None,
                 public_url: None,
                 account_sid: None,
+                public_key: None,
+                command: None,
             },
             signing_secret: None,
             callback_secret: None,

@@ -558,6 +558,8 @@ struct ApiState {
     calls: Vec<(String, Value)>,
     /// The query string of every call.
     queries: Vec<String>,
+    /// The HTTP method of every call.
+    methods: Vec<String>,
     authorizations: Vec<String>,
     /// Answers for the next message sends: (HTTP status, body, Retry-After).
     script: VecDeque<(u16, Value, Option<u64>)>,
@@ -573,15 +575,14 @@ const SEND_METHODS: &[&str] = &[
 
 /// A message send (not a typing indicator or read receipt).
 fn is_send(path: &str, body: &Value) -> bool {
-    SEND_METHODS.iter().any(|m| path.ends_with(m)) && body.get("typing_indicator").is_none()
+    (SEND_METHODS.iter().any(|m| path.ends_with(m)) || path.contains("/webhooks/"))
+        && body.get("typing_indicator").is_none()
 }
 
 impl FakeApi {
     pub async fn start() -> Self {
         let state = Arc::new(Mutex::new(ApiState::default()));
-        let router = Router::new()
-            .fallback(post(api_method))
-            .with_state(state.clone());
+        let router = Router::new().fallback(api_method).with_state(state.clone());
         let address = serve(router).await;
         FakeApi {
             base_url: format!("http://{address}"),
@@ -610,6 +611,11 @@ impl FakeApi {
         self.state.lock().unwrap().authorizations.clone()
     }
 
+    /// The HTTP method of every call.
+    pub fn methods(&self) -> Vec<String> {
+        self.state.lock().unwrap().methods.clone()
+    }
+
     /// The query string of every call ("" when none).
     pub fn queries(&self) -> Vec<String> {
         self.state.lock().unwrap().queries.clone()
@@ -630,6 +636,7 @@ impl FakeApi {
 
 async fn api_method(
     State(state): State<Arc<Mutex<ApiState>>>,
+    method: axum::http::Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
     raw: Bytes,
@@ -650,6 +657,7 @@ async fn api_method(
     state
         .queries
         .push(uri.query().unwrap_or_default().to_owned());
+    state.methods.push(method.to_string());
     let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -39,6 +39,11 @@ pub const TWILIO_AUTH_TOKEN: &str = "microclaw_test_auth_token_00001";
 /// The token in the iMessage connector's webhook URL, and the BlueBubbles password.
 pub const IMESSAGE_URL_TOKEN: &str = "bb-url-token-0123456789abcdef";
 pub const BLUEBUBBLES_PASSWORD: &str = "bb server password";
+/// The Discord test vector's key pair (samples/test-vectors.json) and a bot token.
+pub const DISCORD_SEED: &str = "6542000d95114779ce56755a57b70b0d8a094b1048181f5712d87995de75b66e";
+pub const DISCORD_PUBLIC_KEY: &str =
+    "dd6caa325341fe44fbb7f0554cc2b789efb329f6f6f47de655fd764fb750ca04";
+pub const DISCORD_BOT_TOKEN: &str = "discord-bot-token";
 pub const ADMIN_TOKEN: &str = "mcadm_test_operate_token_0001";
 pub const ADMIN_READ_TOKEN: &str = "mcadm_test_read_token_00001";
 
@@ -303,6 +308,7 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_CHAT_KEY" => Some(CHAT_KEY.into()),
         "TEST_BB_TOKEN" => Some(IMESSAGE_URL_TOKEN.into()),
         "TEST_BB_PASSWORD" => Some(BLUEBUBBLES_PASSWORD.into()),
+        "TEST_DISCORD_TOKEN" => Some(DISCORD_BOT_TOKEN.into()),
         _ => None,
     }
 }

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod delivery;
 mod dev;
+mod discord;
 mod fakes;
 mod helpers;
 mod imessage;

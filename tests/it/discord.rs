@@ -1,0 +1,207 @@
+//! Discord interactions end to end: signed requests into the real receiver, the
+//! turn on a real worker, replies at a fake Discord API.
+
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{Value, json};
+
+use crate::{
+    fakes::FakeApi,
+    helpers::{DISCORD_BOT_TOKEN, DISCORD_PUBLIC_KEY, DISCORD_SEED, TestApp, TestConfig},
+};
+
+const SAMPLE: &str = include_str!("../fixtures/discord.json");
+
+async fn spawn(discord: &FakeApi) -> TestApp {
+    TestApp::spawn_with_worker(TestConfig {
+        extra: format!(
+            r#"
+[[connectors]]
+id = "discord"
+channel = "discord"
+agent = "assistant"
+public_key = "{DISCORD_PUBLIC_KEY}"
+command = "ask"
+bot_token_env = "TEST_DISCORD_TOKEN"
+api_base_url = "{}"
+"#,
+            discord.base_url
+        ),
+        ..TestConfig::default()
+    })
+    .await
+}
+
+/// A snowflake made now, as Discord makes interaction ids.
+fn fresh_id() -> String {
+    let since_epoch = chrono::Utc::now().timestamp_millis() - 1_420_070_400_000;
+    ((since_epoch as u64) << 22 | fastrand::u64(..1 << 22)).to_string()
+}
+
+/// The sample command with `id` and `prompt`.
+fn command(id: &str, prompt: &str) -> String {
+    let mut interaction: Value = serde_json::from_str(SAMPLE).unwrap();
+    interaction["id"] = json!(id);
+    interaction["data"]["options"][0]["value"] = json!(prompt);
+    interaction.to_string()
+}
+
+async fn post_signed(app: &TestApp, body: &str) -> reqwest::Response {
+    let key = SigningKey::from_bytes(&hex32(DISCORD_SEED));
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = key.sign(format!("{timestamp}{body}").as_bytes());
+    let hex: String = signature
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    app.http
+        .post(format!("{}/hooks/discord", app.address))
+        .header("content-type", "application/json")
+        .header("x-signature-timestamp", timestamp)
+        .header("x-signature-ed25519", hex)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn hex32(hex: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
+    }
+    out
+}
+
+async fn wait_for_sends(discord: &FakeApi, n: usize) -> Vec<(String, Value)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = discord.sent_messages();
+        if sent.len() >= n {
+            return sent;
+        }
+        assert!(std::time::Instant::now() < deadline, "sent: {sent:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slash_command_is_deferred_then_answered_in_its_interaction() {
+    let discord = FakeApi::start().await;
+    let app = spawn(&discord).await;
+    let id = fresh_id();
+    let response = post_signed(&app, &command(&id, "what broke? @everyone")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"type": 5}),
+        "deferred: Discord shows \"thinking…\""
+    );
+    let sent = wait_for_sends(&discord, 1).await;
+    let (path, body) = &sent[0];
+    let token = serde_json::from_str::<Value>(SAMPLE).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        path,
+        &format!("/webhooks/1290000000000000001/{token}/messages/@original")
+    );
+    assert_eq!(discord.methods()[0], "PATCH");
+    assert_eq!(body["content"], "answer to [what broke? @everyone]");
+    assert_eq!(
+        body["allowed_mentions"],
+        json!({"parse": []}),
+        "model output can't ping anyone"
+    );
+    assert_eq!(discord.authorizations()[0], "", "no bot token on webhooks");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_token_lifetime_the_reply_is_a_channel_message_with_the_bot_token() {
+    let discord = FakeApi::start().await;
+    let app = spawn(&discord).await;
+    // The sample's id was made long ago: its token is no longer valid.
+    discord.script(
+        429,
+        json!({"message": "You are being rate limited.", "retry_after": 0.2, "global": false}),
+    );
+    assert_eq!(post_signed(&app, SAMPLE).await.status(), 200);
+    let sent = wait_for_sends(&discord, 2).await;
+    for (path, body) in &sent {
+        assert_eq!(path, "/channels/1180000000000000777/messages");
+        assert_eq!(body["content"], "answer to [summarise today's incidents]");
+        assert_eq!(body["allowed_mentions"], json!({"parse": []}));
+        assert_eq!(body["enforce_nonce"], true);
+        assert!(
+            body.get("message_reference").is_none(),
+            "an interaction is not a message"
+        );
+    }
+    assert_eq!(
+        sent[0].1["nonce"], sent[1].1["nonce"],
+        "the retry reuses the nonce"
+    );
+    assert_eq!(
+        discord.authorizations()[1],
+        format!("Bot {DISCORD_BOT_TOKEN}")
+    );
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(discord.sent_messages().len(), 2, "429 once, then delivered");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ping_bad_signatures_and_other_commands_start_no_turn() {
+    let discord = FakeApi::start().await;
+    let app = spawn(&discord).await;
+    let ping =
+        r#"{"application_id":"1290000000000000001","id":"1","type":1,"version":1,"token":"x"}"#;
+    let pong = post_signed(&app, ping).await;
+    assert_eq!(pong.status(), 200);
+    assert_eq!(pong.json::<Value>().await.unwrap(), json!({"type": 1}));
+
+    // Discord checks endpoints with bad signatures: they must get 401.
+    let forged = app
+        .http
+        .post(format!("{}/hooks/discord", app.address))
+        .header(
+            "x-signature-timestamp",
+            chrono::Utc::now().timestamp().to_string(),
+        )
+        .header("x-signature-ed25519", "00".repeat(64))
+        .body(SAMPLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let unsigned = app
+        .http
+        .post(format!("{}/hooks/discord", app.address))
+        .body(SAMPLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 400);
+
+    let mut other: Value = serde_json::from_str(SAMPLE).unwrap();
+    other["id"] = json!(fresh_id());
+    other["data"]["name"] = json!("weather");
+    let answered: Value = post_signed(&app, &other.to_string())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answered["type"], 4);
+    assert_eq!(answered["data"]["flags"], 64, "only the user sees it");
+    assert_eq!(app.count("SELECT COUNT(*) FROM inbound_events").await, 0);
+    app.stop().await;
+}
