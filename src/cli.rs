@@ -53,6 +53,10 @@ pub enum Command {
         #[arg(long)]
         migrate: bool,
     },
+    /// Hold the Discord Gateway connection of every Discord connector with
+    /// gateway = true, feeding direct messages and mentions into the durable path,
+    /// with /healthz and /readyz on worker.listen.
+    DiscordGateway,
     /// Create the database if missing, apply migrations (the queue's and MicroClaw's), exit.
     Migrate,
     /// Try MicroClaw with nothing to set up: receiver and worker in one process on an
@@ -310,8 +314,13 @@ async fn run_dev(config: &Path, data_dir: PathBuf, listen: &str) -> anyhow::Resu
         let shutdown = shutdown.clone();
         async move { roles::serve_http(app, listener, shutdown, &deployment).await }
     });
+    let gateway = tokio::spawn(crate::discord_gateway::run(
+        deployment.clone(),
+        shutdown.clone(),
+    ));
     let worker = roles::run_worker(deployment, None, shutdown).await;
     receiver.await??;
+    gateway.await??;
     tokio::task::block_in_place(|| drop(telemetry));
     worker
 }
@@ -368,6 +377,26 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let deployment = Deployment::new(settings).await?;
             roles::serve_receiver(deployment, listener, shutdown).await
         }
+        Command::DiscordGateway => {
+            let listener = roles::bind(&settings.worker.listen).await?;
+            let deployment = Deployment::new(settings).await?;
+            let gateways = deployment
+                .connectors
+                .values()
+                .filter(|c| c.settings.config.gateway)
+                .count();
+            if gateways == 0 {
+                anyhow::bail!("no Discord connector sets gateway = true: nothing to connect");
+            }
+            let health = tokio::spawn({
+                let deployment = deployment.clone();
+                let shutdown = shutdown.clone();
+                let app = crate::health::router(deployment.store.clone());
+                async move { roles::serve_http(app, listener, shutdown, &deployment).await }
+            });
+            crate::discord_gateway::run(deployment, shutdown).await?;
+            health.await?
+        }
         Command::Worker => {
             let listener = roles::bind(&settings.worker.listen).await?;
             let deployment = Deployment::new(settings).await?;
@@ -388,8 +417,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 let shutdown = shutdown.clone();
                 async move { roles::serve_http(app, listener, shutdown, &deployment).await }
             });
+            let gateway = tokio::spawn(crate::discord_gateway::run(
+                deployment.clone(),
+                shutdown.clone(),
+            ));
             let worker = roles::run_worker(deployment, None, shutdown).await;
             receiver.await??;
+            gateway.await??;
             worker
         }
         Command::Admin {

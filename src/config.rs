@@ -810,6 +810,14 @@ pub struct ConnectorConfig {
     /// The slash command the agent answers (Discord), e.g. `ask` for `/ask`.
     #[serde(default)]
     pub command: Option<String>,
+    /// Also answer direct messages and mentions, over the Gateway websocket held
+    /// by the `discord-gateway` role (Discord; needs the bot token and the
+    /// Message Content intent).
+    #[serde(default)]
+    pub gateway: bool,
+    /// The Gateway's URL (tests point it at a fake).
+    #[serde(default)]
+    pub gateway_url: Option<String>,
     /// The bot's username: in groups it answers only messages that mention it (Telegram).
     #[serde(default)]
     pub bot_username: Option<String>,
@@ -1597,6 +1605,12 @@ impl Settings {
                     problem(
                         key("public_key"),
                         "must be the application's public key: 64 hex digits".into(),
+                    );
+                }
+                if connector.gateway && connector.bot_token_env.is_none() {
+                    problem(
+                        key("bot_token_env"),
+                        "must be set when gateway = true (the Gateway logs in as the bot)".into(),
                     );
                 }
                 if connector.command.as_deref().is_none_or(str::is_empty) {

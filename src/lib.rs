@@ -12,6 +12,7 @@ pub mod config;
 pub mod dedup;
 pub mod deployment;
 pub mod dev;
+pub mod discord_gateway;
 pub mod health;
 pub mod identity;
 pub mod memory;

@@ -411,6 +411,8 @@ mod tests {
                 account_sid: None,
                 public_key: None,
                 command: None,
+                gateway: false,
+                gateway_url: None,
             },
             signing_secret: None,
             callback_secret: None,

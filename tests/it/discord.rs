@@ -1,10 +1,19 @@
-//! Discord interactions end to end: signed requests into the real receiver, the
-//! turn on a real worker, replies at a fake Discord API.
+//! Discord end to end: signed interactions into the real receiver, and messages
+//! from a fake Gateway websocket into the `discord-gateway` role; turns on a real
+//! worker, replies at a fake Discord API.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ed25519_dalek::{Signer, SigningKey};
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
 
 use crate::{
     fakes::FakeApi,
@@ -203,5 +212,242 @@ async fn ping_bad_signatures_and_other_commands_start_no_turn() {
     assert_eq!(answered["type"], 4);
     assert_eq!(answered["data"]["flags"], 64, "only the user sees it");
     assert_eq!(app.count("SELECT COUNT(*) FROM inbound_events").await, 0);
+    app.stop().await;
+}
+
+/// A fake Gateway: HELLO, then a script per connection. The first connection
+/// (IDENTIFY) gets READY and a direct message, answers one heartbeat and closes
+/// with a resumable code; the second (RESUME) replays that message, then sends a
+/// mention, a server message without one, and the bot's own message.
+struct FakeGateway {
+    url: String,
+    /// Every payload the client sent, per connection.
+    received: Arc<Mutex<Vec<Vec<Value>>>>,
+}
+
+fn dispatch(seq: u64, kind: &str, data: Value) -> Message {
+    Message::text(json!({"op": 0, "s": seq, "t": kind, "d": data}).to_string())
+}
+
+fn gateway_message(
+    id: &str,
+    channel: &str,
+    guild: Option<&str>,
+    author: &str,
+    content: &str,
+    mentions: &[&str],
+) -> Value {
+    json!({
+        "id": id, "channel_id": channel, "guild_id": guild,
+        "author": {"id": author, "username": author, "bot": author == "bot-1"},
+        "content": content,
+        "mentions": mentions.iter().map(|m| json!({"id": m, "username": m})).collect::<Vec<_>>(),
+        "attachments": [], "timestamp": "2026-11-25T12:00:00+00:00",
+    })
+}
+
+impl FakeGateway {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let received: Arc<Mutex<Vec<Vec<Value>>>> = Arc::default();
+        let log = received.clone();
+        let resume_url = url.clone();
+        tokio::spawn(async move {
+            let mut connection = 0;
+            while let Ok((tcp, _)) = listener.accept().await {
+                connection += 1;
+                let log = log.clone();
+                let resume_url = resume_url.clone();
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
+                tokio::spawn(async move {
+                    let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    socket
+                        .send(Message::text(
+                            json!({"op": 10, "d": {"heartbeat_interval": 300}}).to_string(),
+                        ))
+                        .await
+                        .unwrap();
+                    let mut heartbeats = 0;
+                    let mut scripted = false;
+                    while let Some(Ok(frame)) = socket.next().await {
+                        let Message::Text(text) = frame else { continue };
+                        let payload: Value = serde_json::from_str(&text).unwrap();
+                        log.lock().unwrap()[index].push(payload.clone());
+                        match payload["op"].as_u64().unwrap() {
+                            2 if connection == 1 && !scripted => {
+                                scripted = true;
+                                let ready = json!({
+                                    "session_id": "sess-1",
+                                    "resume_gateway_url": resume_url,
+                                    "user": {"id": "bot-1", "username": "microclaw", "bot": true},
+                                });
+                                socket.send(dispatch(1, "READY", ready)).await.unwrap();
+                                let dm = gateway_message(
+                                    "m-dm",
+                                    "dm-chan",
+                                    None,
+                                    "ada",
+                                    "hello bot",
+                                    &[],
+                                );
+                                socket
+                                    .send(dispatch(2, "MESSAGE_CREATE", dm))
+                                    .await
+                                    .unwrap();
+                            }
+                            6 if !scripted => {
+                                scripted = true;
+                                let dm = gateway_message(
+                                    "m-dm",
+                                    "dm-chan",
+                                    None,
+                                    "ada",
+                                    "hello bot",
+                                    &[],
+                                );
+                                let mention = gateway_message(
+                                    "m-guild",
+                                    "guild-chan",
+                                    Some("g-1"),
+                                    "bob",
+                                    "<@bot-1> status?",
+                                    &["bot-1"],
+                                );
+                                let chatter = gateway_message(
+                                    "m-chatter",
+                                    "guild-chan",
+                                    Some("g-1"),
+                                    "bob",
+                                    "lunch?",
+                                    &[],
+                                );
+                                let own = gateway_message(
+                                    "m-own",
+                                    "dm-chan",
+                                    None,
+                                    "bot-1",
+                                    "answer to [hello bot]",
+                                    &[],
+                                );
+                                for (seq, message) in
+                                    [(2, dm), (3, mention), (4, chatter), (5, own)]
+                                {
+                                    socket
+                                        .send(dispatch(seq, "MESSAGE_CREATE", message))
+                                        .await
+                                        .unwrap();
+                                }
+                                socket
+                                    .send(dispatch(6, "RESUMED", Value::Null))
+                                    .await
+                                    .unwrap();
+                            }
+                            1 => {
+                                heartbeats += 1;
+                                socket
+                                    .send(Message::text(json!({"op": 11}).to_string()))
+                                    .await
+                                    .unwrap();
+                                if connection == 1 && heartbeats == 1 {
+                                    // A resumable close (Discord restarts a node).
+                                    socket
+                                        .close(Some(CloseFrame {
+                                            code: CloseCode::from(4000),
+                                            reason: "unknown error".into(),
+                                        }))
+                                        .await
+                                        .ok();
+                                    return;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        FakeGateway { url, received }
+    }
+
+    fn received(&self) -> Vec<Vec<Value>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_identifies_heartbeats_resumes_and_records_each_message_once() {
+    let discord = FakeApi::start().await;
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn_with_worker(TestConfig {
+        extra: format!(
+            r#"
+[[connectors]]
+id = "discord"
+channel = "discord"
+agent = "assistant"
+public_key = "{DISCORD_PUBLIC_KEY}"
+command = "ask"
+bot_token_env = "TEST_DISCORD_TOKEN"
+api_base_url = "{}"
+gateway = true
+gateway_url = "{}"
+"#,
+            discord.base_url, gateway.url
+        ),
+        ..TestConfig::default()
+    })
+    .await;
+    let (stop, shutdown) = microclaw::roles::Shutdown::new();
+    let role = tokio::spawn(microclaw::discord_gateway::run(
+        app.deployment.clone(),
+        shutdown,
+    ));
+
+    let sent = wait_for_sends(&discord, 2).await;
+    let mut sent: Vec<(String, Value)> = sent;
+    sent.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(sent[0].0, "/channels/dm-chan/messages");
+    assert_eq!(sent[0].1["content"], "answer to [hello bot]");
+    assert_eq!(sent[0].1["message_reference"]["message_id"], "m-dm");
+    assert_eq!(sent[1].0, "/channels/guild-chan/messages");
+    assert_eq!(
+        sent[1].1["content"], "answer to [status?]",
+        "the mention is taken out"
+    );
+    assert_eq!(sent[1].1["message_reference"]["message_id"], "m-guild");
+    for (_, body) in &sent {
+        assert_eq!(body["allowed_mentions"], json!({"parse": []}));
+    }
+
+    let connections = gateway.received();
+    assert!(connections.len() >= 2, "{connections:?}");
+    let identify = &connections[0][0];
+    assert_eq!(identify["op"], 2);
+    assert_eq!(identify["d"]["token"], DISCORD_BOT_TOKEN);
+    assert_eq!(identify["d"]["intents"], 37376);
+    let heartbeat = connections[0].iter().find(|p| p["op"] == 1).unwrap();
+    assert_eq!(
+        heartbeat["d"], 2,
+        "heartbeats carry the last sequence number"
+    );
+    let resume = &connections[1][0];
+    assert_eq!(resume["op"], 6);
+    assert_eq!(resume["d"]["session_id"], "sess-1");
+    assert_eq!(resume["d"]["seq"], 2);
+
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.model.calls().len(),
+        2,
+        "the replayed message made no second turn"
+    );
+    assert_eq!(discord.sent_messages().len(), 2);
+    stop.trigger();
+    role.await.unwrap().unwrap();
     app.stop().await;
 }
