@@ -745,6 +745,9 @@ pub enum ChannelKind {
     /// Discord: slash-command interactions in (and gateway messages, through the
     /// `discord-gateway` role), interaction follow-ups and channel messages out.
     Discord,
+    /// Microsoft Teams through the Bot Framework: JWT-authenticated activities in,
+    /// the Connector API out.
+    Teams,
 }
 
 impl ChannelKind {
@@ -758,6 +761,7 @@ impl ChannelKind {
             ChannelKind::Webchat => "webchat",
             ChannelKind::Imessage => "imessage",
             ChannelKind::Discord => "discord",
+            ChannelKind::Teams => "teams",
         }
     }
 }
@@ -818,6 +822,21 @@ pub struct ConnectorConfig {
     /// The Gateway's URL (tests point it at a fake).
     #[serde(default)]
     pub gateway_url: Option<String>,
+    /// The bot's Microsoft App ID (Teams): the audience of inbound tokens and the
+    /// client id of outbound ones.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// Where the Bot Framework publishes its signing keys (Teams; tests serve
+    /// their own).
+    #[serde(default)]
+    pub openid_metadata_url: Option<String>,
+    /// The OAuth token endpoint (Teams; for a single-tenant bot,
+    /// `https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token`).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Hosts the bot's token may be sent to (Teams; a host or its subdomains).
+    #[serde(default)]
+    pub service_url_hosts: Option<Vec<String>>,
     /// The bot's username: in groups it answers only messages that mention it (Telegram).
     #[serde(default)]
     pub bot_username: Option<String>,
@@ -1549,7 +1568,7 @@ impl Settings {
                     true,
                     token_key,
                 ),
-                Telegram | Imessage | Discord => None,
+                Telegram | Imessage | Discord | Teams => None,
             };
             let callback_secret = match kind {
                 Custom => secret(
@@ -1562,8 +1581,9 @@ impl Settings {
                 _ => None,
             };
             let bot_token = match kind {
-                // iMessage: the BlueBubbles server password.
-                Slack | Whatsapp | Telegram | Imessage => {
+                // iMessage: the BlueBubbles server password; Teams: the app's
+                // client secret.
+                Slack | Whatsapp | Telegram | Imessage | Teams => {
                     secret("bot_token_env", &connector.bot_token_env, true, non_empty)
                 }
                 // Sends past an interaction's 15 minutes, and the gateway.
@@ -1618,6 +1638,22 @@ impl Settings {
                         key("command"),
                         "must name the slash command the agent answers, e.g. \"ask\"".into(),
                     );
+                }
+            }
+            if kind == Teams && connector.app_id.as_deref().is_none_or(str::is_empty) {
+                problem(key("app_id"), "must be the bot's Microsoft App ID".into());
+            }
+            for (field, url) in [
+                ("openid_metadata_url", &connector.openid_metadata_url),
+                ("token_url", &connector.token_url),
+                ("gateway_url", &connector.gateway_url),
+            ] {
+                if let Some(url) = url
+                    && !is_http_url(url)
+                    && !url.starts_with("ws://")
+                    && !url.starts_with("wss://")
+                {
+                    problem(key(field), format!("`{url}` is not a URL"));
                 }
             }
             if kind == Imessage && connector.api_base_url.is_none() {

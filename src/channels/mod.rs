@@ -16,6 +16,7 @@ pub mod imessage;
 pub mod pacing;
 pub mod slack;
 pub mod standard_webhooks;
+pub mod teams;
 pub mod telegram;
 pub mod twilio;
 pub mod webchat;
@@ -149,6 +150,8 @@ pub enum InboundError {
     Malformed(String),
     #[error("method {0} is not accepted here")]
     MethodNotAllowed(String),
+    #[error("credentials refused: {0}")]
+    Forbidden(String),
 }
 
 impl InboundError {
@@ -159,6 +162,7 @@ impl InboundError {
                 StatusCode::UNAUTHORIZED
             }
             InboundError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            InboundError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -169,6 +173,7 @@ impl InboundError {
             InboundError::StaleTimestamp(_) => "stale_timestamp",
             InboundError::Malformed(_) => "malformed_body",
             InboundError::MethodNotAllowed(_) => "method_not_allowed",
+            InboundError::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -306,6 +311,16 @@ pub fn truncate(text: &str, max: usize) -> &str {
 pub trait Channel: Send + Sync {
     fn kind(&self) -> ChannelKind;
 
+    /// Checks credentials that need the network (Teams: JWT keys from the Bot
+    /// Framework); runs before [`Channel::receive`]. Most channels verify a
+    /// signature inside `receive` and keep this default.
+    fn authenticate<'a>(
+        &'a self,
+        _request: &'a InboundRequest<'a>,
+    ) -> BoxFuture<'a, Result<(), InboundError>> {
+        futures::future::ready(Ok(())).boxed()
+    }
+
     /// Verifies a raw request and normalizes it. Must not touch any storage.
     fn receive(&self, request: &InboundRequest<'_>) -> Result<Inbound, InboundError>;
 
@@ -396,6 +411,7 @@ pub fn build(
         )),
         ChannelKind::Webchat => Arc::new(webchat::WebChatChannel::new(connector, store.clone())),
         ChannelKind::Imessage => Arc::new(imessage::IMessageChannel::new(connector, http.clone())),
+        ChannelKind::Teams => Arc::new(teams::TeamsChannel::new(connector, http.clone())),
         ChannelKind::Discord => Arc::new(discord::DiscordChannel::new(
             connector,
             http.clone(),

@@ -127,6 +127,9 @@ async fn handle(
         body: &body,
         now: Utc::now(),
     };
+    connector.channel.authenticate(&request).await.inspect_err(
+        |e| tracing::info!(connector = %connector_id, error = %e, "inbound refused"),
+    )?;
     let messages = match connector.channel.receive(&request) {
         Ok(Inbound::Message(message)) => vec![message],
         Ok(Inbound::Batch(messages)) => messages,

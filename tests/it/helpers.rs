@@ -309,6 +309,7 @@ pub fn test_env(name: &str) -> Option<String> {
         "TEST_BB_TOKEN" => Some(IMESSAGE_URL_TOKEN.into()),
         "TEST_BB_PASSWORD" => Some(BLUEBUBBLES_PASSWORD.into()),
         "TEST_DISCORD_TOKEN" => Some(DISCORD_BOT_TOKEN.into()),
+        "TEST_TEAMS_SECRET" => Some("teams-client-secret".into()),
         _ => None,
     }
 }

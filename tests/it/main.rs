@@ -19,6 +19,7 @@ mod pipeline;
 mod receiver;
 mod router;
 mod slack;
+mod teams;
 mod telegram;
 mod tools;
 mod traces;
