@@ -679,13 +679,14 @@ impl TestApp {
     }
 
     pub async fn stop(mut self) {
-        std::fs::remove_dir_all(std::env::temp_dir().join(format!("microclaw-{}", self.db.name)))
-            .ok();
         self.stop_workers().await;
         if let Some((trigger, handle)) = self.receiver.take() {
             trigger.trigger();
             handle.await.unwrap().unwrap();
         }
+        // After the roles stopped: it holds a SQLite test's store.
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("microclaw-{}", self.db.name)))
+            .ok();
         if self.db.backend == Backend::Postgres {
             if let TestPool::Postgres(pool) = &self.pool {
                 pool.close().await;
