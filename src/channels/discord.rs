@@ -20,7 +20,8 @@
 //! messages with the bot token (with a `nonce` so a retried part is not posted
 //! twice). Every payload sets `allowed_mentions` to nothing, so model output can
 //! never ping `@everyone` or anyone else. Parts are split at 2,000 characters.
-//! A 429 is waited out as its `retry_after` says. Interaction tokens are part
+//! Sends are paced to one per second per channel across workers; a 429 is
+//! waited out as its `retry_after` says. Interaction tokens are part
 //! of the URL, so transport errors are reported without it.
 
 use std::time::Duration;
@@ -34,8 +35,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Channel, Inbound, InboundError, InboundMessage, InboundRequest, OutboundMessage, SendError,
+    Channel, Inbound, InboundError, InboundMessage, InboundRequest, OutboundMessage, ReplyTarget,
+    SendError,
     format::{char_len, render_parts},
+    pacing::Pace,
 };
 use crate::config::{ChannelKind, ConnectorSettings};
 
@@ -377,6 +380,14 @@ impl Channel for DiscordChannel {
 
     fn acknowledgement(&self) -> Option<(&'static str, &'static str)> {
         Some(("application/json", DEFERRED))
+    }
+
+    /// Discord allows about five messages per five seconds in a channel.
+    fn pacing(&self, target: &ReplyTarget) -> Vec<Pace> {
+        vec![Pace::new(
+            format!("discord:{}:{}", self.api_base_url, target.conversation_id),
+            Duration::from_secs(1),
+        )]
     }
 }
 

@@ -21,7 +21,8 @@
 //! flow, cached until five minutes before it expires. The token is only ever
 //! sent to `serviceUrl`s whose host is allow-listed
 //! (`service_url_hosts`), so a forged or misrouted activity cannot make us hand
-//! it to someone else. A 429 waits as Retry-After says; 412, 502 and 504 are
+//! it to someone else. Sends are paced to 7 per second per conversation across
+//! workers (Teams' per-thread limit); a 429 waits as Retry-After says; 412, 502 and 504 are
 //! retried; a 401 drops the cached token before the retry.
 
 use std::{
@@ -39,8 +40,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Channel, Inbound, InboundError, InboundMessage, InboundRequest, OutboundMessage, SendError,
-    format::render_parts,
+    Channel, Inbound, InboundError, InboundMessage, InboundRequest, OutboundMessage, ReplyTarget,
+    SendError, format::render_parts, pacing::Pace,
 };
 use crate::config::{ChannelKind, ConnectorSettings};
 
@@ -525,6 +526,14 @@ impl Channel for TeamsChannel {
 
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> BoxFuture<'a, Result<(), SendError>> {
         self.reply(message).boxed()
+    }
+
+    /// Teams allows a bot 7 sends per second in a conversation.
+    fn pacing(&self, target: &ReplyTarget) -> Vec<Pace> {
+        vec![Pace::new(
+            format!("teams:{}:{}", self.app_id, target.conversation_id),
+            Duration::from_millis(150),
+        )]
     }
 }
 
