@@ -138,6 +138,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub analytics: AnalyticsConfig,
     #[serde(default)]
+    pub tools: ToolsConfig,
+    #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
@@ -686,6 +688,67 @@ pub struct AgentConfig {
     /// Sent instead of calling the model once a budget is used up.
     #[serde(default = "default_budget_message")]
     pub budget_message: String,
+    /// HTTP functions the model may call: `[[agents.functions]]`.
+    #[serde(default)]
+    pub functions: Vec<FunctionConfig>,
+}
+
+/// An HTTP function tool: the model's arguments, checked against `parameters`,
+/// are POSTed to `url` signed with the Standard Webhooks scheme; the JSON answer
+/// goes back to the model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// The tool's name as the model sees it (letters, digits, _ and -).
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    #[serde(default = "empty_object_schema")]
+    pub parameters: serde_json::Value,
+    pub url: String,
+    /// How long one call may take; `tools.default_timeout` when unset.
+    #[serde(default)]
+    pub timeout: Option<Span>,
+    /// Env var holding the `whsec_…` secret calls are signed with.
+    pub secret_env: String,
+    /// The secret, read from `secret_env` when the configuration is resolved.
+    #[serde(skip)]
+    pub secret: Option<SecretString>,
+}
+
+fn empty_object_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+/// Limits and egress rules for every tool that reaches out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Hosts tool calls may reach (`api.example.com`, or `*.example.com` for its
+    /// subdomains); empty: any public host.
+    pub allowed_hosts: Vec<String>,
+    /// Private, loopback and link-local addresses (or networks, CIDR) tools may
+    /// reach anyway; everything else of that kind is refused, also after a
+    /// redirect or a DNS answer.
+    pub allowed_private_networks: Vec<String>,
+    /// Tool calls one turn may make; later calls get an error the model can explain.
+    pub max_calls_per_turn: u32,
+    /// Longest tool result kept and given to the model, in characters.
+    pub max_result_chars: usize,
+    /// A function's timeout when it sets none.
+    pub default_timeout: Span,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            allowed_private_networks: Vec::new(),
+            max_calls_per_turn: 8,
+            max_result_chars: 16_000,
+            default_timeout: Span::secs(10),
+        }
+    }
 }
 
 fn default_budget_message() -> String {
@@ -864,6 +927,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub telemetry: TelemetryConfig,
     pub analytics: AnalyticsSettings,
+    pub tools: ToolsConfig,
     pub agents: BTreeMap<String, AgentConfig>,
     pub connectors: BTreeMap<String, ConnectorSettings>,
 }
@@ -1248,6 +1312,17 @@ impl Settings {
                 }
             }
         }
+        for (n, network) in raw.tools.allowed_private_networks.iter().enumerate() {
+            if crate::tools::egress::Network::parse(network).is_none() {
+                problem(
+                    format!("tools.allowed_private_networks[{n}]"),
+                    format!("`{network}` is not an IP address or CIDR network"),
+                );
+            }
+        }
+        if raw.tools.max_calls_per_turn == 0 {
+            problem("tools.max_calls_per_turn".into(), "must be positive".into());
+        }
         let mut admin = AdminSettings {
             listen: raw.admin.listen.clone(),
             tokens: Vec::new(),
@@ -1404,10 +1479,63 @@ impl Settings {
                     );
                 }
             }
-            if agents.insert(agent.name.clone(), agent.clone()).is_some() {
+            let mut agent = agent.clone();
+            let mut names: Vec<String> = agent.tools.clone();
+            for (f, function) in agent.functions.iter_mut().enumerate() {
+                let key = |field: &str| format!("agents[{i}].functions[{f}].{field}");
+                let name_ok = !function.name.is_empty()
+                    && function.name.len() <= 64
+                    && function
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !name_ok {
+                    problem(
+                        key("name"),
+                        "must be 1 to 64 letters, digits, _ or -".into(),
+                    );
+                } else if names.contains(&function.name)
+                    || crate::tools::builtin(&function.name).is_some()
+                {
+                    problem(
+                        key("name"),
+                        format!("`{}` is already a tool of this agent", function.name),
+                    );
+                }
+                if let Err(e) = jsonschema::validator_for(&function.parameters) {
+                    problem(key("parameters"), format!("not a valid JSON Schema: {e}"));
+                } else if function.parameters["type"] != "object" {
+                    problem(
+                        key("parameters"),
+                        "must describe an object (\"type\": \"object\")".into(),
+                    );
+                }
+                if !is_http_url(&function.url) {
+                    problem(
+                        key("url"),
+                        format!("`{}` is not an http(s) URL", function.url),
+                    );
+                }
+                match env(&function.secret_env) {
+                    Some(value) => match whsec_secret(&value) {
+                        Ok(()) => function.secret = Some(SecretString::from(value)),
+                        Err(e) => problem(
+                            key("secret_env"),
+                            format!("environment variable {}: {e}", function.secret_env),
+                        ),
+                    },
+                    None => problem(
+                        key("secret_env"),
+                        format!("environment variable {} is not set", function.secret_env),
+                    ),
+                }
+                names.push(function.name.clone());
+            }
+            let name = agent.name.clone();
+            if agents.insert(name.clone(), agent).is_some() {
                 problem(
                     format!("agents[{i}].name"),
-                    format!("`{}` is declared twice", agent.name),
+                    format!("`{name}` is declared twice"),
                 );
             }
         }
@@ -1720,6 +1848,7 @@ impl Settings {
             admin,
             telemetry: raw.telemetry,
             analytics,
+            tools: raw.tools,
             agents,
             connectors,
         })
@@ -1815,6 +1944,43 @@ mod tests {
         }
         let errors = RawConfig::from_toml("[memory]\ngroup_user_facts = \"everyone\"").unwrap_err();
         assert_eq!(errors.0[0].key, "memory.group_user_facts");
+    }
+
+    #[test]
+    fn function_mistakes_name_their_keys() {
+        let text = r#"
+            [tools]
+            allowed_private_networks = ["10.0.0.0/99"]
+            max_calls_per_turn = 0
+            [[agents]]
+            name = "a"
+            model = "default"
+            [[agents.functions]]
+            name = "current_time"
+            description = "clashes with a built-in tool"
+            url = "https://fn.example.com/a"
+            secret_env = "FN_SECRET"
+            [[agents.functions]]
+            name = "bad schema"
+            description = "d"
+            parameters = { type = "object", properties = { n = { type = "no-such-type" } } }
+            url = "ftp://fn.example.com/b"
+            secret_env = "MISSING"
+        "#;
+        let env = env_with(&[("MICROCLAW_CUSTOM_SECRET", SECRET), ("FN_SECRET", SECRET)]);
+        let errors = Settings::from_toml(text, &env).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "tools.allowed_private_networks[0]",
+            "tools.max_calls_per_turn",
+            "agents[0].functions[0].name",
+            "agents[0].functions[1].name",
+            "agents[0].functions[1].parameters",
+            "agents[0].functions[1].url",
+            "agents[0].functions[1].secret_env",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
     }
 
     #[test]

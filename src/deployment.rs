@@ -37,6 +37,8 @@ pub struct Deployment {
     pub dedup: Option<DedupCache>,
     /// The ClickHouse sink, when configured.
     pub analytics: Option<crate::analytics::Analytics>,
+    /// Each agent's tools, by agent name.
+    pub toolboxes: HashMap<String, crate::tools::Toolbox>,
     /// Flips to true when the process stops serving: long-lived responses (the
     /// web chat's event streams) end so a graceful shutdown can finish.
     closing: tokio::sync::watch::Sender<bool>,
@@ -93,6 +95,18 @@ impl Deployment {
         );
         let dedup = redis.map(|connection| DedupCache::new(&settings.redis, connection));
         let analytics = crate::analytics::Analytics::start(&settings.analytics, http);
+        let egress = crate::tools::egress::Egress::new(&settings.tools);
+        let tool_http = egress.client(Duration::from_secs(5))?;
+        let toolboxes = settings
+            .agents
+            .values()
+            .map(|agent| {
+                (
+                    agent.name.clone(),
+                    crate::tools::Toolbox::for_agent(agent, &settings.tools, &egress, &tool_http),
+                )
+            })
+            .collect();
         Ok(Arc::new(Self {
             settings,
             store,
@@ -101,6 +115,7 @@ impl Deployment {
             pacer,
             dedup,
             analytics,
+            toolboxes,
             closing: tokio::sync::watch::Sender::new(false),
         }))
     }

@@ -173,6 +173,25 @@ impl Store {
         }
     }
 
+    /// The recorded result of a durable tool call: (content, is_error).
+    pub async fn tool_result(&self, call_key: &str) -> Result<Option<(String, bool)>, StoreError> {
+        portable!(self, tool_results::tool_result(call_key))
+    }
+
+    /// Records a durable tool call's result (the first record of a key stays).
+    pub async fn record_tool_result(
+        &self,
+        call_key: &str,
+        tool: &str,
+        content: &str,
+        is_error: bool,
+    ) -> Result<(), StoreError> {
+        portable!(
+            self,
+            tool_results::record_tool_result(call_key, tool, content, is_error)
+        )
+    }
+
     /// Appends to a web chat visitor's mailbox; idempotent on `message_key`.
     pub async fn webchat_append(
         &self,

@@ -32,6 +32,7 @@ impl Tool for CurrentTime {
         &'a self,
         arguments: &'a Value,
         _scope: &'a super::TurnScope,
+        _call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>> {
         async move { now_in(arguments, jiff::Timestamp::now()) }.boxed()
     }

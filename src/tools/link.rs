@@ -34,6 +34,7 @@ impl Tool for LinkAccount {
         &'a self,
         arguments: &'a Value,
         scope: &'a TurnScope,
+        _call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>> {
         async move {
             let outcome = match arguments.get("code") {

@@ -45,6 +45,7 @@ impl Tool for Remember {
         &'a self,
         arguments: &'a Value,
         scope: &'a TurnScope,
+        _call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>> {
         async move {
             let fact = string_argument(arguments, "fact")?;
@@ -102,6 +103,7 @@ impl Tool for Recall {
         &'a self,
         arguments: &'a Value,
         scope: &'a TurnScope,
+        _call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>> {
         async move {
             let terms = search_terms(string_argument(arguments, "query")?);
@@ -168,6 +170,7 @@ impl Tool for Forget {
         &'a self,
         arguments: &'a Value,
         scope: &'a TurnScope,
+        _call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>> {
         async move {
             let handle = string_argument(arguments, "id")?;

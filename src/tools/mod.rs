@@ -1,17 +1,33 @@
 //! Tools an agent's model can call during a turn.
 //!
 //! A tool is one module behind [`Tool`]; [`Toolbox`] holds the tools one agent may
-//! use and runs the model's calls. A failing tool never fails the turn: its error
-//! goes back to the model as a tool result marked `is_error`, so the model can
-//! explain it or try differently.
+//! use (built-in tools and its HTTP functions) and runs the model's calls. A
+//! failing tool never fails the turn: its error goes back to the model as a tool
+//! result marked `is_error`, so the model can explain it or try differently.
+//!
+//! Guarantees of [`Toolbox::run`]:
+//! - **No repeated side effects.** Each call of a turn has an idempotency key
+//!   (the turn's first message, the call's position in the turn, the tool and
+//!   its arguments). A *durable* tool's result (HTTP functions: they act on the
+//!   world) is recorded in the store as soon as it completes; a turn rerun after
+//!   a crash that makes the same call gets the recorded result, and the function
+//!   is not called again. The key is also sent to the function, so it can
+//!   deduplicate on its side.
+//! - **Bounded.** At most `tools.max_calls_per_turn` calls per turn; results are
+//!   cut at `tools.max_result_chars`.
 
 pub mod clock;
+pub mod egress;
+pub mod function;
 pub mod link;
 pub mod memory;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use futures::future::BoxFuture;
@@ -19,6 +35,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
+    config::{AgentConfig, ToolsConfig},
     memory::MemoryScope,
     providers::{ToolCall, ToolResult, ToolSpec},
     store::{LinkPolicy, MemoryWrite, Store},
@@ -28,12 +45,20 @@ pub trait Tool: Send + Sync {
     fn spec(&self) -> ToolSpec;
 
     /// Runs the tool on the model's arguments (a JSON object) for the turn in
-    /// `scope`; the text result or an error message for the model.
+    /// `scope`; the text result or an error message for the model. `call_key`
+    /// identifies this call across reruns of the turn.
     fn call<'a>(
         &'a self,
         arguments: &'a Value,
         scope: &'a TurnScope,
+        call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>>;
+
+    /// Whether the tool acts outside the turn's transaction, so its result must
+    /// be recorded as soon as it completes and reused by a rerun.
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 /// What the tools of one turn act on, and the memory writes they made (committed
@@ -47,7 +72,10 @@ pub struct TurnScope {
     pub sender_id: String,
     pub sender_identity: Option<Uuid>,
     pub link_policy: LinkPolicy,
+    /// The turn's first message: the same in every rerun of the turn.
+    pub turn_key: Uuid,
     writes: Mutex<Vec<MemoryWrite>>,
+    calls: AtomicU32,
 }
 
 impl TurnScope {
@@ -56,6 +84,7 @@ impl TurnScope {
         memory: MemoryScope,
         transcript_id: Uuid,
         event: &crate::store::PendingEvent,
+        turn_key: Uuid,
         link_policy: LinkPolicy,
     ) -> Self {
         Self {
@@ -66,7 +95,9 @@ impl TurnScope {
             sender_id: event.sender_id.clone(),
             sender_identity: event.identity_id,
             link_policy,
+            turn_key,
             writes: Mutex::new(Vec::new()),
+            calls: AtomicU32::new(0),
         }
     }
 
@@ -111,18 +142,54 @@ pub const BUILTIN: &[&str] = &[
 ];
 
 /// The tools of one agent.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Toolbox {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    max_calls: u32,
+    max_result_chars: usize,
+}
+
+impl Default for Toolbox {
+    /// No tools.
+    fn default() -> Self {
+        let limits = ToolsConfig::default();
+        Self {
+            tools: BTreeMap::new(),
+            max_calls: limits.max_calls_per_turn,
+            max_result_chars: limits.max_result_chars,
+        }
+    }
 }
 
 impl Toolbox {
-    pub fn new(names: &[String]) -> Self {
+    /// The built-in tools `agent.tools` names and the agent's HTTP functions,
+    /// which reach out through `http`, the client `egress` built.
+    pub fn for_agent(
+        agent: &AgentConfig,
+        config: &ToolsConfig,
+        egress: &egress::Egress,
+        http: &reqwest::Client,
+    ) -> Self {
+        let mut tools: BTreeMap<String, Arc<dyn Tool>> = agent
+            .tools
+            .iter()
+            .filter_map(|name| builtin(name).map(|tool| (name.clone(), tool)))
+            .collect();
+        for config_fn in &agent.functions {
+            if let Some(tool) = function::FunctionTool::new(
+                &agent.name,
+                config_fn,
+                config.default_timeout.0,
+                egress,
+                http.clone(),
+            ) {
+                tools.insert(config_fn.name.clone(), Arc::new(tool));
+            }
+        }
         Self {
-            tools: names
-                .iter()
-                .filter_map(|name| builtin(name).map(|tool| (name.clone(), tool)))
-                .collect(),
+            tools,
+            max_calls: config.max_calls_per_turn,
+            max_result_chars: config.max_result_chars,
         }
     }
 
@@ -131,13 +198,20 @@ impl Toolbox {
     }
 
     pub async fn run(&self, call: &ToolCall, scope: &TurnScope) -> ToolResult {
-        let outcome = match self.tools.get(&call.name) {
-            Some(tool) => tool.call(&call.arguments, scope).await,
-            None => Err(format!("there is no tool named `{}`", call.name)),
-        };
-        let (content, is_error) = match outcome {
-            Ok(content) => (content, false),
-            Err(error) => (error, true),
+        let position = scope.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let (content, is_error) = match self.tools.get(&call.name) {
+            _ if position > self.max_calls => (
+                format!(
+                    "this turn already made {} tool calls, the most allowed; answer with what you have",
+                    self.max_calls
+                ),
+                true,
+            ),
+            None => (format!("there is no tool named `{}`", call.name), true),
+            Some(tool) => {
+                let key = call_key(scope.turn_key, position, call);
+                self.call_once(tool.as_ref(), call, scope, &key).await
+            }
         };
         ToolResult {
             call_id: call.id.clone(),
@@ -145,4 +219,70 @@ impl Toolbox {
             is_error,
         }
     }
+
+    /// Runs a call, or for a durable tool reuses the result an earlier run of
+    /// this turn recorded.
+    async fn call_once(
+        &self,
+        tool: &dyn Tool,
+        call: &ToolCall,
+        scope: &TurnScope,
+        key: &str,
+    ) -> (String, bool) {
+        if tool.durable() {
+            match scope.store.tool_result(key).await {
+                Ok(Some(recorded)) => {
+                    tracing::info!(tool = %call.name, %key, "tool result reused from an earlier run of this turn");
+                    return recorded;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return (
+                        format!("the tool cannot run now (its results cannot be recorded): {e}"),
+                        true,
+                    );
+                }
+            }
+        }
+        let (mut content, is_error) = match tool.call(&call.arguments, scope, key).await {
+            Ok(content) => (content, false),
+            Err(error) => (error, true),
+        };
+        if content.chars().count() > self.max_result_chars {
+            content = content
+                .chars()
+                .take(self.max_result_chars)
+                .collect::<String>()
+                + " [cut: the result was longer]";
+        }
+        if tool.durable()
+            && let Err(e) = scope
+                .store
+                .record_tool_result(key, &call.name, &content, is_error)
+                .await
+        {
+            tracing::error!(tool = %call.name, %key, error = %e, "could not record a tool result; a rerun of this turn would call the tool again");
+        }
+        (content, is_error)
+    }
+}
+
+/// The idempotency key of a call: the turn, the call's position in it, the tool
+/// and its arguments. A rerun making the same calls gets the same keys.
+fn call_key(turn_key: Uuid, position: u32, call: &ToolCall) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(turn_key.as_bytes());
+    hash.update(position.to_be_bytes());
+    hash.update(call.name.as_bytes());
+    hash.update([0]);
+    hash.update(call.arguments.to_string().as_bytes());
+    let digest = hash.finalize();
+    format!(
+        "call_{}",
+        digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }

@@ -217,6 +217,7 @@ async fn answer(
         MemoryScope::of(session, events, &settings.memory),
         session.transcript_id,
         last,
+        events.first().map_or(last.id, |e| e.id),
         identity::link_policy(&settings.identity),
     );
     // A command answers a message of its own; folded in with others, it goes to
@@ -266,7 +267,12 @@ async fn answer(
             }
         }
         (Some(agent), Some(route)) => {
-            let toolbox = Toolbox::new(&agent.tools);
+            // Built with the deployment for every configured agent.
+            let toolbox = deployment
+                .toolboxes
+                .get(agent_name)
+                .cloned()
+                .unwrap_or_default();
             let request =
                 turn_request(deployment, agent, route, session, &scope, events, &toolbox).await?;
             let run = run_agent(

@@ -9,6 +9,7 @@ mod delivery;
 mod dev;
 mod discord;
 mod fakes;
+mod functions;
 mod helpers;
 mod imessage;
 mod memory;

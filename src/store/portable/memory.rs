@@ -438,6 +438,10 @@ pub async fn purge_older_than(
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    sqlx::query(sql("DELETE FROM tool_results WHERE created_at < $1"))
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
     messages += sqlx::query(sql("DELETE FROM webchat_messages WHERE created_at < $1"))
         .bind(cutoff)
         .execute(&mut *tx)

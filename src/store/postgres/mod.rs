@@ -23,6 +23,12 @@ pub mod inbound;
 )]
 pub mod memory;
 pub mod sessions;
+#[path = "../portable/tool_results.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod tool_results;
 #[path = "../portable/webchat.rs"]
 #[allow(
     clippy::duplicate_mod,

@@ -1,0 +1,9 @@
+-- As migrations/postgres/20261125000008_tool_results.sql.
+CREATE TABLE tool_results (
+    call_key    TEXT PRIMARY KEY,
+    tool        TEXT NOT NULL,
+    content     TEXT NOT NULL,
+    is_error    BOOLEAN NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX tool_results_created ON tool_results (created_at);
