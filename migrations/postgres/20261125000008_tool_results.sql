@@ -9,3 +9,8 @@ CREATE TABLE tool_results (
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX tool_results_created ON tool_results (created_at);
+
+-- Where a person last wrote to us directly on a connector: send_message replies
+-- there (tools::send).
+CREATE INDEX inbound_events_direct_sender ON inbound_events (connector_id, sender_id, received_at DESC)
+    WHERE is_group = false;

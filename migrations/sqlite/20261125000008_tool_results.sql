@@ -7,3 +7,6 @@ CREATE TABLE tool_results (
     created_at  TEXT NOT NULL
 );
 CREATE INDEX tool_results_created ON tool_results (created_at);
+
+CREATE INDEX inbound_events_direct_sender ON inbound_events (connector_id, sender_id, received_at DESC)
+    WHERE is_group = 0;

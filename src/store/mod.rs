@@ -580,6 +580,19 @@ impl Store {
         portable!(self, identity::accounts(identity_id))
     }
 
+    /// Where `sender_id` last wrote to us directly on `connector_id`:
+    /// (conversation, thread).
+    pub async fn last_direct_conversation(
+        &self,
+        connector_id: &str,
+        sender_id: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        portable!(
+            self,
+            identity::last_direct_conversation(connector_id, sender_id)
+        )
+    }
+
     /// A fresh one-time link code for `identity_id`.
     pub async fn create_link_code(
         &self,

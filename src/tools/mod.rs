@@ -21,6 +21,7 @@ pub mod egress;
 pub mod function;
 pub mod link;
 pub mod memory;
+pub mod send;
 
 use std::{
     collections::BTreeMap,
@@ -75,6 +76,7 @@ pub struct TurnScope {
     /// The turn's first message: the same in every rerun of the turn.
     pub turn_key: Uuid,
     writes: Mutex<Vec<MemoryWrite>>,
+    outbox: Mutex<Vec<send::Outbound>>,
     calls: AtomicU32,
 }
 
@@ -97,6 +99,7 @@ impl TurnScope {
             link_policy,
             turn_key,
             writes: Mutex::new(Vec::new()),
+            outbox: Mutex::new(Vec::new()),
             calls: AtomicU32::new(0),
         }
     }
@@ -107,6 +110,25 @@ impl TurnScope {
 
     pub fn take_writes(&self) -> Vec<MemoryWrite> {
         std::mem::take(&mut *self.writes.lock().expect("memory writes lock"))
+    }
+
+    /// Plans a message for the turn's commit; false when one to that connector
+    /// is already planned (a turn makes one delivery per connector).
+    pub fn send(&self, message: send::Outbound) -> bool {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        if outbox
+            .iter()
+            .any(|m| m.connector_id == message.connector_id)
+        {
+            return false;
+        }
+        outbox.push(message);
+        true
+    }
+
+    /// The messages the turn's tools planned.
+    pub fn take_outbox(&self) -> Vec<send::Outbound> {
+        std::mem::take(&mut *self.outbox.lock().expect("outbox lock"))
     }
 }
 
@@ -129,6 +151,7 @@ pub fn builtin(name: &str) -> Option<Arc<dyn Tool>> {
         memory::RECALL => Some(Arc::new(memory::Recall)),
         memory::FORGET => Some(Arc::new(memory::Forget)),
         link::NAME => Some(Arc::new(link::LinkAccount)),
+        send::NAME => Some(Arc::new(send::SendMessage)),
         _ => None,
     }
 }
@@ -139,6 +162,7 @@ pub const BUILTIN: &[&str] = &[
     memory::RECALL,
     memory::FORGET,
     link::NAME,
+    send::NAME,
 ];
 
 /// The tools of one agent.

@@ -305,7 +305,7 @@ async fn answer(
         tracing::warn!(%error, "turn failed; sending the apology");
     }
 
-    let deliveries = match connector {
+    let mut deliveries = match connector {
         Some(connector) => vec![PlannedDelivery {
             connector_id: last.connector_id.clone(),
             channel: connector.channel.kind().as_str().to_owned(),
@@ -317,6 +317,24 @@ async fn answer(
             Vec::new()
         }
     };
+    // Messages the tools planned (send_message), delivered like replies.
+    for message in scope.take_outbox() {
+        let Some(connector) = deployment.connectors.get(&message.connector_id) else {
+            continue;
+        };
+        if deliveries
+            .iter()
+            .any(|d| d.connector_id == message.connector_id)
+        {
+            continue;
+        }
+        deliveries.push(PlannedDelivery {
+            connector_id: message.connector_id,
+            channel: connector.channel.kind().as_str().to_owned(),
+            target: message.target,
+            parts: connector.channel.split(&message.text),
+        });
+    }
     let turn_id = Uuid::now_v7();
     let memory_writes = scope.take_writes();
     let committed = store

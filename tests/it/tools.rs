@@ -174,3 +174,111 @@ async fn a_model_without_vision_is_told_about_the_image_in_words() {
         "{texts:?}"
     );
 }
+
+/// "Text me that on Telegram": ada talks on the custom channel, her Telegram
+/// account is linked, and the message reaches her Telegram chat through the
+/// normal delivery path, beside the reply on the channel she wrote from.
+#[tokio::test]
+async fn send_message_reaches_a_linked_second_channel() {
+    use crate::{
+        fakes::FakeApi,
+        helpers::{ADMIN_TOKEN, TELEGRAM_SECRET},
+    };
+    let telegram = FakeApi::start().await;
+    let app = TestApp::spawn_with_worker(TestConfig {
+        extra: format!(
+            r#"
+[[connectors]]
+id = "tg"
+channel = "telegram"
+agent = "assistant"
+bot_token_env = "TEST_TG_TOKEN"
+secret_token_env = "TEST_TG_SECRET"
+api_base_url = "{}"
+"#,
+            telegram.base_url
+        ),
+        ..TestConfig::default()
+    })
+    .await;
+    // Ada writes to the bot directly on Telegram once (her private chat 4242).
+    let update = json!({"update_id": 7001, "message": {
+        "message_id": 11, "date": 1767225661, "text": "ada:hi from telegram",
+        "from": {"id": 4242, "is_bot": false, "first_name": "Ada"},
+        "chat": {"id": 4242, "type": "private", "first_name": "Ada"}
+    }});
+    let accepted = app
+        .http
+        .post(format!("{}/hooks/tg", app.address))
+        .header("X-Telegram-Bot-Api-Secret-Token", TELEGRAM_SECRET)
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while telegram.sent_messages().is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not linked yet: the tool says so and nothing more reaches Telegram.
+    app.model.push_tool_call(
+        "send_message",
+        json!({"channel": "telegram", "text": "early"}),
+    );
+    app.post_message(&TestMessage::direct("s1", "ada", "ada:text me"))
+        .await;
+    app.wait_for_replies(1, Duration::from_secs(20)).await;
+    let refused = app.model.calls().last().unwrap().tool_results.clone();
+    assert!(
+        refused[0].contains("no linked telegram account"),
+        "{refused:?}"
+    );
+
+    let linked = app
+        .http
+        .post(format!("{}/admin/v1/identities/link", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"person": "web:ada", "other": "tg:4242"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(linked.status(), 200);
+    app.model.push_tool_call(
+        "send_message",
+        json!({"channel": "telegram", "text": "Your booking code is **K42**"}),
+    );
+    app.post_message(&TestMessage::direct(
+        "s2",
+        "ada",
+        "ada:text me the code on telegram",
+    ))
+    .await;
+    app.wait_for_replies(2, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while telegram.sent_messages().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            telegram.sent_messages()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.drain(Duration::from_secs(10)).await;
+    let sent = telegram.sent_messages();
+    assert_eq!(
+        sent.len(),
+        2,
+        "one answer to her Telegram message, one sent by the tool"
+    );
+    assert_eq!(sent[1].1["chat_id"], json!(4242));
+    assert_eq!(sent[1].1["text"], "Your booking code is <b>K42</b>");
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM deliveries WHERE connector_id = 'tg' AND status = 'delivered'"
+        )
+        .await,
+        2
+    );
+    app.stop().await;
+}

@@ -104,6 +104,25 @@ pub async fn identity_of(
     .await?)
 }
 
+/// The direct conversation (and thread) in which `sender_id` last wrote to us on
+/// `connector_id`: where a message to them on that connector goes.
+pub async fn last_direct_conversation(
+    pool: &sqlx::Pool<Db>,
+    connector_id: &str,
+    sender_id: &str,
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    Ok(
+        sqlx::query_as(sql("SELECT conversation_id, thread_id FROM inbound_events
+          WHERE connector_id = $1 AND sender_id = $2 AND is_group = $3
+          ORDER BY received_at DESC LIMIT 1"))
+        .bind(connector_id)
+        .bind(sender_id)
+        .bind(false)
+        .fetch_optional(pool)
+        .await?,
+    )
+}
+
 /// The accounts of an identity, oldest first; empty for an unknown identity.
 pub async fn accounts(
     pool: &sqlx::Pool<Db>,
