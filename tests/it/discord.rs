@@ -451,3 +451,90 @@ gateway_url = "{}"
     role.await.unwrap().unwrap();
     app.stop().await;
 }
+
+/// A connection whose heartbeats are never acknowledged is a zombie: the role
+/// drops it and resumes the session on a new one.
+#[tokio::test]
+async fn an_unacknowledged_heartbeat_makes_the_gateway_resume() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let openings: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let log = openings.clone();
+    let resume_url = url.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            let resume_url = resume_url.clone();
+            tokio::spawn(async move {
+                let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                let hello = json!({"op": 10, "d": {"heartbeat_interval": 150}});
+                socket.send(Message::text(hello.to_string())).await.unwrap();
+                let Some(Ok(Message::Text(text))) = socket.next().await else {
+                    return;
+                };
+                let opening: Value = serde_json::from_str(&text).unwrap();
+                log.lock().unwrap().push(opening.clone());
+                if opening["op"] == 2 {
+                    let ready = json!({"session_id": "zombie-1", "resume_gateway_url": resume_url, "user": {"id": "bot-1"}});
+                    socket.send(dispatch(7, "READY", ready)).await.unwrap();
+                    // Never acknowledge a heartbeat; keep the socket open.
+                    while socket.next().await.is_some() {}
+                } else {
+                    socket
+                        .send(dispatch(8, "RESUMED", Value::Null))
+                        .await
+                        .unwrap();
+                    while let Some(Ok(frame)) = socket.next().await {
+                        if let Message::Text(text) = frame
+                            && serde_json::from_str::<Value>(&text).unwrap()["op"] == 1
+                        {
+                            let ack = json!({"op": 11}).to_string();
+                            socket.send(Message::text(ack)).await.unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let discord = FakeApi::start().await;
+    let app = TestApp::spawn(TestConfig {
+        extra: format!(
+            r#"
+[[connectors]]
+id = "discord"
+channel = "discord"
+agent = "assistant"
+public_key = "{DISCORD_PUBLIC_KEY}"
+command = "ask"
+bot_token_env = "TEST_DISCORD_TOKEN"
+api_base_url = "{}"
+gateway = true
+gateway_url = "{url}"
+"#,
+            discord.base_url
+        ),
+        ..TestConfig::default()
+    })
+    .await;
+    let (stop, shutdown) = microclaw::roles::Shutdown::new();
+    let role = tokio::spawn(microclaw::discord_gateway::run(
+        app.deployment.clone(),
+        shutdown,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while openings.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnect: {:?}",
+            openings.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resume = openings.lock().unwrap()[1].clone();
+    assert_eq!(resume["op"], 6, "resumed, not identified again");
+    assert_eq!(resume["d"]["session_id"], "zombie-1");
+    assert_eq!(resume["d"]["seq"], 7);
+    stop.trigger();
+    role.await.unwrap().unwrap();
+    app.stop().await;
+}
