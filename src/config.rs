@@ -691,6 +691,28 @@ pub struct AgentConfig {
     /// HTTP functions the model may call: `[[agents.functions]]`.
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
+    /// MCP servers whose tools the model may call: `[[agents.mcp_servers]]`.
+    #[serde(default)]
+    pub mcp_servers: Vec<McpServerConfig>,
+}
+
+/// An MCP server reached over the Streamable HTTP transport; its tools appear to
+/// the model as `<name>__<tool>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// Letters, digits and - (it prefixes the tool names).
+    pub name: String,
+    /// The server's MCP endpoint, e.g. `https://mcp.example.com/mcp`.
+    pub url: String,
+    /// How long one request may take; `tools.default_timeout` when unset.
+    #[serde(default)]
+    pub timeout: Option<Span>,
+    /// Env var holding a bearer token for the server, if it wants one.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(skip)]
+    pub token: Option<SecretString>,
 }
 
 /// An HTTP function tool: the model's arguments, checked against `parameters`,
@@ -1531,6 +1553,37 @@ impl Settings {
                 }
                 names.push(function.name.clone());
             }
+            let mut servers: Vec<String> = Vec::new();
+            for (m, server) in agent.mcp_servers.iter_mut().enumerate() {
+                let key = |field: &str| format!("agents[{i}].mcp_servers[{m}].{field}");
+                let name_ok = !server.name.is_empty()
+                    && server.name.len() <= 32
+                    && server
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !name_ok {
+                    problem(key("name"), "must be 1 to 32 letters, digits or -".into());
+                } else if servers.contains(&server.name) {
+                    problem(key("name"), format!("`{}` is declared twice", server.name));
+                }
+                servers.push(server.name.clone());
+                if !is_http_url(&server.url) {
+                    problem(
+                        key("url"),
+                        format!("`{}` is not an http(s) URL", server.url),
+                    );
+                }
+                if let Some(var) = &server.token_env {
+                    match env(var) {
+                        Some(value) => server.token = Some(SecretString::from(value)),
+                        None => problem(
+                            key("token_env"),
+                            format!("environment variable {var} is not set"),
+                        ),
+                    }
+                }
+            }
             let name = agent.name.clone();
             if agents.insert(name.clone(), agent).is_some() {
                 problem(
@@ -1966,6 +2019,10 @@ mod tests {
             parameters = { type = "object", properties = { n = { type = "no-such-type" } } }
             url = "ftp://fn.example.com/b"
             secret_env = "MISSING"
+            [[agents.mcp_servers]]
+            name = "files server"
+            url = "mcp.example.com"
+            token_env = "NO_SUCH_TOKEN"
         "#;
         let env = env_with(&[("MICROCLAW_CUSTOM_SECRET", SECRET), ("FN_SECRET", SECRET)]);
         let errors = Settings::from_toml(text, &env).unwrap_err();
@@ -1978,6 +2035,9 @@ mod tests {
             "agents[0].functions[1].parameters",
             "agents[0].functions[1].url",
             "agents[0].functions[1].secret_env",
+            "agents[0].mcp_servers[0].name",
+            "agents[0].mcp_servers[0].url",
+            "agents[0].mcp_servers[0].token_env",
         ] {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }

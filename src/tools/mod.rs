@@ -20,6 +20,7 @@ pub mod clock;
 pub mod egress;
 pub mod function;
 pub mod link;
+pub mod mcp;
 pub mod memory;
 pub mod send;
 
@@ -169,6 +170,7 @@ pub const BUILTIN: &[&str] = &[
 #[derive(Clone)]
 pub struct Toolbox {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    mcp: Vec<Arc<mcp::McpServer>>,
     max_calls: u32,
     max_result_chars: usize,
 }
@@ -179,6 +181,7 @@ impl Default for Toolbox {
         let limits = ToolsConfig::default();
         Self {
             tools: BTreeMap::new(),
+            mcp: Vec::new(),
             max_calls: limits.max_calls_per_turn,
             max_result_chars: limits.max_result_chars,
         }
@@ -210,20 +213,53 @@ impl Toolbox {
                 tools.insert(config_fn.name.clone(), Arc::new(tool));
             }
         }
+        let mcp = agent
+            .mcp_servers
+            .iter()
+            .map(|server| {
+                Arc::new(mcp::McpServer::new(
+                    server,
+                    config.default_timeout.0,
+                    egress,
+                    http.clone(),
+                ))
+            })
+            .collect();
         Self {
             tools,
+            mcp,
             max_calls: config.max_calls_per_turn,
             max_result_chars: config.max_result_chars,
         }
     }
 
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools.values().map(|tool| tool.spec()).collect()
+    /// What the model is offered: the agent's tools and its MCP servers' tools
+    /// (listed from each server, cached).
+    pub async fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs: Vec<ToolSpec> = self.tools.values().map(|tool| tool.spec()).collect();
+        for server in &self.mcp {
+            specs.extend(server.tool_specs().await);
+        }
+        specs
+    }
+
+    /// The tool the model called by `name`: one of the agent's, or an MCP
+    /// server's (`<server>__<tool>`).
+    fn find(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        if let Some(tool) = self.tools.get(name) {
+            return Some(tool.clone());
+        }
+        let (server, tool) = name.split_once(mcp::SEPARATOR)?;
+        let server = self.mcp.iter().find(|s| s.name() == server)?;
+        Some(Arc::new(mcp::McpTool {
+            server: server.clone(),
+            tool: tool.to_owned(),
+        }))
     }
 
     pub async fn run(&self, call: &ToolCall, scope: &TurnScope) -> ToolResult {
         let position = scope.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let (content, is_error) = match self.tools.get(&call.name) {
+        let (content, is_error) = match self.find(&call.name) {
             _ if position > self.max_calls => (
                 format!(
                     "this turn already made {} tool calls, the most allowed; answer with what you have",

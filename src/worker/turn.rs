@@ -508,7 +508,7 @@ async fn turn_request(
     )
     .await?;
     let vision = deployment.router.supports_vision(route);
-    let tools = toolbox.specs();
+    let tools = toolbox.specs().await;
     let assembled = context::assemble(
         &agent.instructions,
         &tools,

@@ -12,6 +12,7 @@ mod fakes;
 mod functions;
 mod helpers;
 mod imessage;
+mod mcp;
 mod memory;
 mod metrics;
 mod ordering;
