@@ -115,3 +115,39 @@ async fn the_webhook_turn_and_delivery_logs_share_one_trace_id() {
     }
     app.stop().await;
 }
+
+/// The Helm chart's KEDA trigger scales workers on this query
+/// (`worker.keda.query` in helm/microclaw/values.yaml): it must count the jobs
+/// waiting in MicroClaw's queues in the real apalis schema.
+#[tokio::test]
+async fn the_charts_queue_depth_query_counts_waiting_jobs() {
+    let values = include_str!("../../helm/microclaw/values.yaml");
+    let mut lines = values
+        .lines()
+        .skip_while(|l| l.trim() != "query: >-")
+        .skip(1);
+    let mut query = Vec::new();
+    for line in lines.by_ref() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            break;
+        }
+        query.push(line.trim());
+    }
+    let query = query.join(" ");
+    assert!(
+        query.starts_with("SELECT COUNT(*) FROM apalis.jobs"),
+        "{query}"
+    );
+    let app = TestApp::spawn(TestConfig::default()).await;
+    assert_eq!(app.count(&query).await, 0);
+    for n in 0..3 {
+        let message = TestMessage::direct(&format!("q{n}"), &format!("user{n}"), "hello");
+        assert_eq!(app.post_message(&message).await.status(), 200);
+    }
+    assert_eq!(
+        app.count(&query).await,
+        3,
+        "three turn jobs wait for a worker"
+    );
+    app.stop().await;
+}
