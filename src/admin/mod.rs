@@ -37,8 +37,8 @@ use crate::{
     deployment::Deployment,
     store::{
         Account, AdminOutcome, DeliveryDetail, DeliveryFilter, DeliverySummary, ForgetReport,
-        QueueStats, SessionSummary, StoreError, TranscriptMessage, TurnFilter, TurnSummary,
-        UsageRow,
+        QueueStats, ScheduledMessage, SessionSummary, StoreError, TranscriptMessage, TurnFilter,
+        TurnSummary, UsageRow,
     },
 };
 
@@ -116,6 +116,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(link_identities))
         .routes(routes!(unlink_account))
         .routes(routes!(forget_identity))
+        .routes(routes!(list_scheduled))
+        .routes(routes!(cancel_scheduled))
 }
 
 /// The OpenAPI document of the admin API, with its base path.
@@ -650,4 +652,63 @@ async fn forget_identity(
         .await?
         .map(Json)
         .ok_or_else(|| not_found("identity"))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ScheduledQuery {
+    /// Messages of one person (identity id).
+    pub identity: Option<Uuid>,
+    /// `pending` (the default) or `all`.
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Messages agents scheduled for later, soonest first.
+#[utoipa::path(get, path = "/scheduled", params(ScheduledQuery),
+    responses((status = 200, body = Vec<ScheduledMessage>), (status = 400)))]
+async fn list_scheduled(
+    State(deployment): State<AppState>,
+    Query(query): Query<ScheduledQuery>,
+) -> Result<Json<Vec<ScheduledMessage>>, ApiError> {
+    let all = match query.status.as_deref() {
+        None | Some("pending") => false,
+        Some("all") => true,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("status `{other}`: use pending or all"),
+            ));
+        }
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(
+        deployment
+            .store
+            .scheduled_messages(query.identity, all, limit)
+            .await?,
+    ))
+}
+
+/// Cancel a scheduled message that is not sent yet.
+#[utoipa::path(post, path = "/scheduled/{id}/cancel", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ScheduledMessage), (status = 404), (status = 409)))]
+async fn cancel_scheduled(
+    State(deployment): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ScheduledMessage>, ApiError> {
+    match deployment
+        .store
+        .cancel_scheduled(id, None, "operator")
+        .await?
+    {
+        Some(message) if message.cancelled_by.as_deref() == Some("operator") => Ok(Json(message)),
+        Some(message) => Err(ApiError(
+            StatusCode::CONFLICT,
+            "not_pending",
+            format!("the message is already {}", message.status),
+        )),
+        None => Err(not_found("scheduled message")),
+    }
 }

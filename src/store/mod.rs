@@ -173,6 +173,45 @@ impl Store {
         }
     }
 
+    /// Schedules a message (idempotent on its call key); its id.
+    pub async fn schedule_message(&self, new: &NewScheduled<'_>) -> Result<Uuid, StoreError> {
+        portable!(self, scheduled::schedule(new))
+    }
+
+    /// Scheduled messages, soonest first: of one person or all; pending only
+    /// unless `all_statuses`.
+    pub async fn scheduled_messages(
+        &self,
+        identity_id: Option<Uuid>,
+        all_statuses: bool,
+        limit: i64,
+    ) -> Result<Vec<ScheduledMessage>, StoreError> {
+        portable!(self, scheduled::list(identity_id, all_statuses, limit))
+    }
+
+    /// Cancels a pending scheduled message (only `identity_id`'s when given).
+    pub async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        identity_id: Option<Uuid>,
+        by: &str,
+    ) -> Result<Option<ScheduledMessage>, StoreError> {
+        portable!(self, scheduled::cancel(id, identity_id, by))
+    }
+
+    /// Turns due scheduled messages into deliveries; how many.
+    pub async fn dispatch_scheduled(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        delivery_max_attempts: i32,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        portable!(
+            self,
+            scheduled::dispatch_due(now, delivery_max_attempts, limit)
+        )
+    }
+
     /// The recorded result of a durable tool call: (content, is_error).
     pub async fn tool_result(&self, call_key: &str) -> Result<Option<(String, bool)>, StoreError> {
         portable!(self, tool_results::tool_result(call_key))

@@ -318,6 +318,43 @@ pub struct RecalledMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// A message to schedule.
+pub struct NewScheduled<'a> {
+    pub call_key: &'a str,
+    pub turn_key: Uuid,
+    pub session_id: Uuid,
+    pub identity_id: Option<Uuid>,
+    pub connector_id: &'a str,
+    pub channel: &'a str,
+    pub target: &'a ReplyTarget,
+    pub text: &'a str,
+    pub due_at: DateTime<Utc>,
+    pub timezone: &'a str,
+    pub trace_id: &'a str,
+}
+
+/// A message the agent scheduled for later.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ScheduledMessage {
+    pub id: Uuid,
+    pub connector_id: String,
+    pub channel: String,
+    pub text: String,
+    pub due_at: DateTime<Utc>,
+    /// The IANA time zone the person gave the time in.
+    pub timezone: String,
+    /// `pending`, `sent` or `cancelled`.
+    pub status: String,
+    pub identity_id: Option<Uuid>,
+    pub session_id: Uuid,
+    pub delivery_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// `person` or `operator`.
+    pub cancelled_by: Option<String>,
+}
+
 /// One message of a web chat visitor's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct WebchatMessage {

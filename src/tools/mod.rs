@@ -22,6 +22,7 @@ pub mod function;
 pub mod link;
 pub mod mcp;
 pub mod memory;
+pub mod schedule;
 pub mod send;
 
 use std::{
@@ -63,6 +64,16 @@ pub trait Tool: Send + Sync {
     }
 }
 
+/// Where a turn's reply goes (and messages it schedules for later).
+#[derive(Debug, Clone)]
+pub struct ReplyPlace {
+    pub session_id: Uuid,
+    /// The connector's channel kind, e.g. `telegram`.
+    pub channel: String,
+    pub target: crate::channels::ReplyTarget,
+    pub trace_id: String,
+}
+
 /// What the tools of one turn act on, and the memory writes they made (committed
 /// with the turn, see `store::TurnRecord::memory_writes`).
 pub struct TurnScope {
@@ -76,6 +87,8 @@ pub struct TurnScope {
     pub link_policy: LinkPolicy,
     /// The turn's first message: the same in every rerun of the turn.
     pub turn_key: Uuid,
+    /// Where the turn's reply goes.
+    pub reply: ReplyPlace,
     writes: Mutex<Vec<MemoryWrite>>,
     outbox: Mutex<Vec<send::Outbound>>,
     calls: AtomicU32,
@@ -88,6 +101,7 @@ impl TurnScope {
         transcript_id: Uuid,
         event: &crate::store::PendingEvent,
         turn_key: Uuid,
+        reply: ReplyPlace,
         link_policy: LinkPolicy,
     ) -> Self {
         Self {
@@ -99,6 +113,7 @@ impl TurnScope {
             sender_identity: event.identity_id,
             link_policy,
             turn_key,
+            reply,
             writes: Mutex::new(Vec::new()),
             outbox: Mutex::new(Vec::new()),
             calls: AtomicU32::new(0),
@@ -153,6 +168,9 @@ pub fn builtin(name: &str) -> Option<Arc<dyn Tool>> {
         memory::FORGET => Some(Arc::new(memory::Forget)),
         link::NAME => Some(Arc::new(link::LinkAccount)),
         send::NAME => Some(Arc::new(send::SendMessage)),
+        schedule::SCHEDULE => Some(Arc::new(schedule::ScheduleMessage)),
+        schedule::LIST => Some(Arc::new(schedule::ListScheduled)),
+        schedule::CANCEL => Some(Arc::new(schedule::CancelScheduled)),
         _ => None,
     }
 }
@@ -164,6 +182,9 @@ pub const BUILTIN: &[&str] = &[
     memory::FORGET,
     link::NAME,
     send::NAME,
+    schedule::SCHEDULE,
+    schedule::LIST,
+    schedule::CANCEL,
 ];
 
 /// The tools of one agent.

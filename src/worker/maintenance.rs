@@ -11,7 +11,11 @@
 //!   their settled inbound events and finished deliveries) are deleted. It never
 //!   touches a pending event or delivery.
 //!
-//! Both are idempotent, so several workers running them at once is harmless.
+//! * **Scheduled messages**, every `worker.poll_interval`: due messages become
+//!   deliveries (see `store::portable::scheduled`), each in its own transaction
+//!   with its row taken under a lock, so two workers never send one twice.
+//!
+//! All are idempotent, so several workers running them at once is harmless.
 
 use std::time::Duration;
 
@@ -21,14 +25,23 @@ use crate::{
 };
 
 /// Runs the passes forever (the worker aborts this when it stops).
-pub async fn run(store: Store, memory: MemoryConfig, worker: WorkerConfig) {
+pub async fn run(
+    store: Store,
+    memory: MemoryConfig,
+    worker: WorkerConfig,
+    delivery_max_attempts: u32,
+) {
     let window = worker.recovery_window.0;
     let mut sweep = tokio::time::interval((window / 2).max(Duration::from_millis(100)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retention = tokio::time::interval(memory.maintenance_interval.0);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scheduled =
+        tokio::time::interval(worker.poll_interval.0.max(Duration::from_millis(100)));
+    scheduled.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = scheduled.tick() => dispatch_scheduled(&store, delivery_max_attempts).await,
             _ = sweep.tick() => requeue_stranded(&store, window, worker.turn_job_attempts).await,
             _ = retention.tick(), if memory.retention_days > 0 => purge(&store, &memory).await,
         }
@@ -49,6 +62,19 @@ async fn requeue_stranded(store: &Store, window: Duration, turn_job_attempts: us
             "sessions had unanswered messages without a turn job; queued new turns"
         ),
         Err(e) => tracing::debug!(error = %e, "stranded-session sweep failed; it runs again later"),
+    }
+}
+
+async fn dispatch_scheduled(store: &Store, delivery_max_attempts: u32) {
+    match store
+        .dispatch_scheduled(chrono::Utc::now(), delivery_max_attempts as i32, 100)
+        .await
+    {
+        Ok(0) => {}
+        Ok(sent) => tracing::info!(sent, "scheduled messages queued for delivery"),
+        Err(e) => {
+            tracing::debug!(error = %e, "scheduled-message dispatch failed; it runs again later")
+        }
     }
 }
 

@@ -118,6 +118,7 @@ pub async fn run(
         store.clone(),
         deployment.settings.memory.clone(),
         deployment.settings.worker.clone(),
+        deployment.settings.delivery.max_attempts,
     ));
     let monitor = Monitor::new();
     let monitor = register_queue!(

@@ -218,6 +218,12 @@ async fn answer(
         session.transcript_id,
         last,
         events.first().map_or(last.id, |e| e.id),
+        crate::tools::ReplyPlace {
+            session_id: lease.session_id,
+            channel: channel.to_owned(),
+            target: target.clone(),
+            trace_id: trace_id.clone(),
+        },
         identity::link_policy(&settings.identity),
     );
     // A command answers a message of its own; folded in with others, it goes to

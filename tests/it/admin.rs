@@ -453,6 +453,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
             "GET /deliveries/{id}",
             "GET /identities/{person}",
             "GET /queues",
+            "GET /scheduled",
             "GET /sessions",
             "GET /sessions/{id}/transcript",
             "GET /turns",
@@ -465,6 +466,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
             "POST /identities/link",
             "POST /identities/unlink",
             "POST /identities/{person}/forget",
+            "POST /scheduled/{id}/cancel",
             "POST /turns/{id}/discard",
             "POST /turns/{id}/rerun",
         ]

@@ -282,3 +282,111 @@ api_base_url = "{}"
     );
     app.stop().await;
 }
+
+/// "Remind me in a few seconds": the reminder is a row in the store, so it
+/// survives the worker stopping, and is delivered once when due, in the
+/// conversation it was asked in; another one is listed and cancelled by an
+/// operator.
+async fn a_scheduled_message_survives_a_restart_and_arrives_when_due(
+    backend: crate::helpers::Backend,
+) {
+    use crate::helpers::ADMIN_TOKEN;
+    let mut app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
+    let due = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let later = chrono::Utc::now() + chrono::Duration::hours(5);
+    app.model.push_tool_call(
+        "schedule_message",
+        json!({"at": due.format("%Y-%m-%dT%H:%M:%S").to_string(), "timezone": "UTC", "text": "Time to stretch"}),
+    );
+    app.post_message(&TestMessage::direct(
+        "sch1",
+        "ada",
+        "ada:remind me in 3 seconds",
+    ))
+    .await;
+    app.wait_for_replies(1, Duration::from_secs(20)).await;
+    let scheduled = app.model.calls().last().unwrap().tool_results.clone();
+    assert!(scheduled[0].starts_with("Scheduled for"), "{scheduled:?}");
+
+    // No worker while it comes due: nothing is sent, nothing is lost.
+    app.stop_workers().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(app.platform.replies().len(), 1);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM scheduled_messages WHERE status = 'pending'")
+            .await,
+        1
+    );
+    app.start_worker();
+    let replies = app.wait_for_replies(2, Duration::from_secs(20)).await;
+    assert_eq!(replies[1].event.data.text, "Time to stretch");
+    assert_eq!(
+        replies[1].event.data.conversation_id, replies[0].event.data.conversation_id,
+        "in the conversation it was asked in"
+    );
+
+    // Another one, far away: the person can list it; an operator cancels it.
+    app.model.push_tool_call(
+        "schedule_message",
+        json!({"at": later.format("%Y-%m-%d %H:%M").to_string(), "timezone": "Europe/Rome", "text": "Dentist"}),
+    );
+    app.post_message(&TestMessage::direct("sch2", "ada", "ada:and the dentist"))
+        .await;
+    app.wait_for_replies(3, Duration::from_secs(20)).await;
+    app.model.push_tool_call("list_scheduled", json!({}));
+    app.post_message(&TestMessage::direct(
+        "sch3",
+        "ada",
+        "ada:what is scheduled?",
+    ))
+    .await;
+    app.wait_for_replies(4, Duration::from_secs(20)).await;
+    let listed = app.model.calls().last().unwrap().tool_results.clone();
+    let listed = listed.last().unwrap();
+    assert!(
+        listed.contains("Dentist") && !listed.contains("stretch"),
+        "{listed}"
+    );
+    let id = listed.split(' ').next().unwrap().to_owned();
+    let cancelled: serde_json::Value = app
+        .http
+        .post(format!("{}/admin/v1/scheduled/{id}/cancel", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let all: serde_json::Value = app
+        .http
+        .get(format!("{}/admin/v1/scheduled?status=all", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["sent", "cancelled"]);
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.platform.replies().len(),
+        4,
+        "the stretch reminder came once"
+    );
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_scheduled_message_survives_a_restart_and_arrives_when_due);

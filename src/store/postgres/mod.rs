@@ -22,6 +22,12 @@ pub mod inbound;
     reason = "compiled once per backend, see store::portable"
 )]
 pub mod memory;
+#[path = "../portable/scheduled.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, see store::portable"
+)]
+pub mod scheduled;
 pub mod sessions;
 #[path = "../portable/tool_results.rs"]
 #[allow(
