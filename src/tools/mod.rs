@@ -254,6 +254,25 @@ impl Toolbox {
         }
     }
 
+    /// The model's message as the session's tool history keeps it: tool call
+    /// arguments longer than `tools.max_result_chars` are replaced by a note with
+    /// their beginning (the call itself ran with the whole arguments).
+    pub fn for_history(&self, message: &crate::providers::Message) -> crate::providers::Message {
+        let mut kept = message.clone();
+        for part in &mut kept.parts {
+            if let crate::providers::Part::ToolCall(call) = part {
+                let text = call.arguments.to_string();
+                if text.chars().count() > self.max_result_chars {
+                    let head: String = text.chars().take(self.max_result_chars / 2).collect();
+                    call.arguments = serde_json::json!({
+                        "_cut": format!("arguments of {} characters; they began: {head}", text.chars().count())
+                    });
+                }
+            }
+        }
+        kept
+    }
+
     /// What the model is offered: the agent's tools and its MCP servers' tools
     /// (listed from each server, cached).
     pub async fn specs(&self) -> Vec<ToolSpec> {
@@ -366,4 +385,36 @@ fn call_key(turn_key: Uuid, position: u32, call: &ToolCall) -> String {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{Message, Part, Role};
+
+    #[test]
+    fn long_tool_arguments_are_cut_in_the_stored_history() {
+        let toolbox = Toolbox {
+            max_result_chars: 40,
+            ..Toolbox::default()
+        };
+        let call = |arguments: Value| Message {
+            role: Role::Assistant,
+            parts: vec![Part::ToolCall(ToolCall {
+                id: "c1".into(),
+                name: "lookup".into(),
+                arguments,
+            })],
+        };
+        let short = call(serde_json::json!({"q": "ok"}));
+        assert_eq!(toolbox.for_history(&short), short);
+        let long = call(serde_json::json!({"q": "x".repeat(500)}));
+        let Part::ToolCall(kept) = &toolbox.for_history(&long).parts[0] else {
+            panic!("still a tool call");
+        };
+        let note = kept.arguments["_cut"].as_str().unwrap();
+        assert!(note.starts_with("arguments of 508 characters"), "{note}");
+        assert!(note.len() < 120);
+        assert_eq!(kept.id, "c1");
+    }
 }

@@ -704,9 +704,10 @@ async fn run_agent(
             role: Role::Tool,
             parts: results,
         };
-        request.messages.push(response.message.clone());
+        // The next step sees the calls whole; the stored history keeps them bounded.
+        steps.push(toolbox.for_history(&response.message));
+        request.messages.push(response.message);
         request.messages.push(results.clone());
-        steps.push(response.message);
         steps.push(results);
     }
     failed(
