@@ -10,7 +10,9 @@
 //!   `microclaw_analytics_events_dropped_total`.
 //! - **Batched.** Events go out as one `INSERT … FORMAT JSONEachRow` per batch of
 //!   up to `batch_size`, at most `flush_interval` after the first one arrived.
-//!   A batch is written whole or not at all (ClickHouse rejects the insert).
+//!   A batch is written whole or not at all (ClickHouse rejects the insert). A
+//!   batch ClickHouse can never take (a table with other columns) is dropped and
+//!   counted rather than retried forever; a dropped table is created again.
 //!   Delivery is at least once: a batch whose answer was lost is sent again.
 //! - **Private by default.** Events carry ids, channel, model, tokens, cost,
 //!   latencies and outcomes; message text only with `include_text`.
@@ -157,6 +159,14 @@ impl Writer {
             while let Err(e) = self.write(&batch).await {
                 failures += 1;
                 crate::metrics::analytics_write_failed();
+                if e.downcast_ref::<Refused>().is_some() {
+                    // ClickHouse refuses these rows (e.g. a table with other
+                    // columns): retrying cannot help, and would stop every later event.
+                    tracing::error!(error = %e, events = batch.len(), "analytics: ClickHouse refused the batch; dropping it");
+                    crate::metrics::analytics_events("dropped", batch.len() as u64);
+                    batch.clear();
+                    break;
+                }
                 if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, events = batch.len(), failures, "analytics: could not write to ClickHouse; holding the batch");
                 }
@@ -166,6 +176,9 @@ impl Writer {
                     return;
                 }
                 tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(10))).await;
+            }
+            if batch.is_empty() {
+                continue;
             }
             if failures > 0 {
                 tracing::info!(
@@ -206,7 +219,7 @@ impl Writer {
 
     /// Runs `query` over the HTTP interface: in the body, or with `data`, in the
     /// URL and `data` as the body.
-    async fn query(&self, query: String, data: Option<Vec<u8>>) -> anyhow::Result<()> {
+    async fn query(&mut self, query: String, data: Option<Vec<u8>>) -> anyhow::Result<()> {
         let mut request = self.http.post(format!("{}/", self.url));
         request = match data {
             Some(data) => request.query(&[("query", query)]).body(data),
@@ -222,15 +235,38 @@ impl Writer {
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
-            anyhow::bail!(
+            let said = format!(
                 "ClickHouse answered HTTP {}: {}",
                 status.as_u16(),
                 text.chars().take(300).collect::<String>().trim()
             );
+            // ClickHouse's own error code, e.g. "Code: 117, e.displayText() = …".
+            let code: Option<u32> = text
+                .split("Code: ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse().ok());
+            match code {
+                // The table is gone: create it again on the next attempt.
+                Some(60) => self.table_ready = false,
+                // Rows it can never take: no such column, unparsable or
+                // incorrect data, a syntax error. So is a 4xx other than 429.
+                Some(16 | 26 | 27 | 62 | 117) => return Err(Refused(said).into()),
+                _ if status.is_client_error() && status.as_u16() != 429 => {
+                    return Err(Refused(said).into());
+                }
+                _ => {}
+            }
+            anyhow::bail!(said);
         }
         Ok(())
     }
 }
+
+/// ClickHouse refused a request for good (a 4xx other than 429).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,9 @@
--- Messages the agent promised for later (schedule_message): delivered when due as
--- one more part of the reply of the turn that scheduled them (worker::maintenance).
+-- Messages the agent promised for later (schedule_message), written in the
+-- transaction of the turn that scheduled them and delivered when due as one more
+-- part of that turn's reply (worker::maintenance).
 CREATE TABLE scheduled_messages (
     id            UUID PRIMARY KEY,
-    -- The scheduling tool call's idempotency key: a rerun of the turn schedules once.
-    call_key      TEXT NOT NULL UNIQUE,
-    -- The scheduling turn's first message; its turn is found through it when due.
-    turn_key      UUID NOT NULL,
+    turn_id       UUID NOT NULL REFERENCES turns (id),
     session_id    UUID NOT NULL,
     identity_id   UUID,
     connector_id  TEXT NOT NULL,
@@ -25,3 +23,4 @@ CREATE TABLE scheduled_messages (
 );
 CREATE INDEX scheduled_messages_due ON scheduled_messages (due_at) WHERE status = 'pending';
 CREATE INDEX scheduled_messages_identity ON scheduled_messages (identity_id, due_at);
+CREATE INDEX scheduled_messages_turn ON scheduled_messages (turn_id);

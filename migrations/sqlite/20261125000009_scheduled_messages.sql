@@ -1,8 +1,7 @@
 -- As migrations/postgres/20261125000009_scheduled_messages.sql.
 CREATE TABLE scheduled_messages (
     id            TEXT PRIMARY KEY,
-    call_key      TEXT NOT NULL UNIQUE,
-    turn_key      TEXT NOT NULL,
+    turn_id       TEXT NOT NULL REFERENCES turns (id),
     session_id    TEXT NOT NULL,
     identity_id   TEXT,
     connector_id  TEXT NOT NULL,
@@ -21,3 +20,4 @@ CREATE TABLE scheduled_messages (
 );
 CREATE INDEX scheduled_messages_due ON scheduled_messages (due_at) WHERE status = 'pending';
 CREATE INDEX scheduled_messages_identity ON scheduled_messages (identity_id, due_at);
+CREATE INDEX scheduled_messages_turn ON scheduled_messages (turn_id);

@@ -106,7 +106,9 @@ struct Jwk {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
-    #[serde(rename = "serviceUrl", default)]
+    /// The Bot Connector names the claim `serviceurl` (the SDKs read it so);
+    /// `serviceUrl` is accepted too.
+    #[serde(rename = "serviceurl", alias = "serviceUrl", default)]
     service_url: Option<String>,
 }
 

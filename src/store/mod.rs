@@ -173,11 +173,6 @@ impl Store {
         }
     }
 
-    /// Schedules a message (idempotent on its call key); its id.
-    pub async fn schedule_message(&self, new: &NewScheduled<'_>) -> Result<Uuid, StoreError> {
-        portable!(self, scheduled::schedule(new))
-    }
-
     /// Scheduled messages, soonest first: of one person or all; pending only
     /// unless `all_statuses`.
     pub async fn scheduled_messages(

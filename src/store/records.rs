@@ -156,6 +156,8 @@ pub struct TurnRecord<'a> {
     pub lease_ttl: Duration,
     /// Memory the turn's tools wrote; committed with the turn.
     pub memory_writes: &'a [MemoryWrite],
+    /// Messages the turn's tools scheduled for later.
+    pub scheduled: &'a [PlannedSchedule],
 }
 
 impl TurnRecord<'_> {
@@ -318,19 +320,17 @@ pub struct RecalledMessage {
     pub created_at: DateTime<Utc>,
 }
 
-/// A message to schedule.
-pub struct NewScheduled<'a> {
-    pub call_key: &'a str,
-    pub turn_key: Uuid,
-    pub session_id: Uuid,
+/// A message a turn schedules for later, written with the turn's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedSchedule {
+    pub id: Uuid,
     pub identity_id: Option<Uuid>,
-    pub connector_id: &'a str,
-    pub channel: &'a str,
-    pub target: &'a ReplyTarget,
-    pub text: &'a str,
+    pub connector_id: String,
+    pub channel: String,
+    pub target: ReplyTarget,
+    pub text: String,
     pub due_at: DateTime<Utc>,
-    pub timezone: &'a str,
-    pub trace_id: &'a str,
+    pub timezone: String,
 }
 
 /// A message the agent scheduled for later.

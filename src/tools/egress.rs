@@ -157,6 +157,8 @@ impl Egress {
         crate::install_tls_provider();
         let policy = self.clone();
         reqwest::Client::builder()
+            // A proxy would resolve the target itself, past the guarded resolver.
+            .no_proxy()
             .connect_timeout(connect_timeout)
             .user_agent(concat!("microclaw/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver {

@@ -91,6 +91,7 @@ pub struct TurnScope {
     pub reply: ReplyPlace,
     writes: Mutex<Vec<MemoryWrite>>,
     outbox: Mutex<Vec<send::Outbound>>,
+    schedules: Mutex<Vec<crate::store::PlannedSchedule>>,
     calls: AtomicU32,
 }
 
@@ -116,6 +117,7 @@ impl TurnScope {
             reply,
             writes: Mutex::new(Vec::new()),
             outbox: Mutex::new(Vec::new()),
+            schedules: Mutex::new(Vec::new()),
             calls: AtomicU32::new(0),
         }
     }
@@ -145,6 +147,16 @@ impl TurnScope {
     /// The messages the turn's tools planned.
     pub fn take_outbox(&self) -> Vec<send::Outbound> {
         std::mem::take(&mut *self.outbox.lock().expect("outbox lock"))
+    }
+
+    /// Schedules a message with the turn's commit (`schedule_message`).
+    pub fn schedule(&self, message: crate::store::PlannedSchedule) {
+        self.schedules.lock().expect("schedules lock").push(message);
+    }
+
+    /// The messages the turn's tools scheduled.
+    pub fn take_schedules(&self) -> Vec<crate::store::PlannedSchedule> {
+        std::mem::take(&mut *self.schedules.lock().expect("schedules lock"))
     }
 }
 

@@ -1,9 +1,10 @@
 //! Reminders and follow-ups: `schedule_message`, `list_scheduled`,
 //! `cancel_scheduled`.
 //!
-//! A scheduled message is a row in the store (see `store::portable::scheduled`),
-//! written by the tool under its call's idempotency key (a rerun of the turn
-//! schedules once) and sent when due by every worker's dispatcher as one more
+//! A scheduled message is planned in the turn's scope and written in the turn's
+//! commit (see `store::portable::scheduled`), so a crashed or fenced turn
+//! schedules nothing and its rerun schedules once; it is sent when due by every
+//! worker's dispatcher as one more
 //! part of the reply of the turn that scheduled it: same channel, same
 //! conversation, same delivery guarantees (retries, admin queue). Times are
 //! given in the person's IANA time zone; people list and cancel their own, and
@@ -13,7 +14,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Value, json};
 
 use super::{Tool, TurnScope, string_argument};
-use crate::{providers::ToolSpec, store::NewScheduled};
+use crate::{providers::ToolSpec, store::PlannedSchedule};
 
 pub const SCHEDULE: &str = "schedule_message";
 pub const LIST: &str = "list_scheduled";
@@ -83,7 +84,7 @@ impl Tool for ScheduleMessage {
         &'a self,
         arguments: &'a Value,
         scope: &'a TurnScope,
-        call_key: &'a str,
+        _call_key: &'a str,
     ) -> BoxFuture<'a, Result<String, String>> {
         async move {
             let at = string_argument(arguments, "at")?;
@@ -106,23 +107,17 @@ impl Tool for ScheduleMessage {
                 .identity_of(&scope.connector_id, &scope.sender_id)
                 .await
                 .map_err(|e| format!("scheduling is unavailable: {e}"))?;
-            let id = scope
-                .store
-                .schedule_message(&NewScheduled {
-                    call_key,
-                    turn_key: scope.turn_key,
-                    session_id: scope.reply.session_id,
-                    identity_id: person,
-                    connector_id: &scope.connector_id,
-                    channel: &scope.reply.channel,
-                    target: &scope.reply.target,
-                    text,
-                    due_at: due,
-                    timezone: zone,
-                    trace_id: &scope.reply.trace_id,
-                })
-                .await
-                .map_err(|e| format!("scheduling is unavailable: {e}"))?;
+            let id = uuid::Uuid::now_v7();
+            scope.schedule(PlannedSchedule {
+                id,
+                identity_id: person,
+                connector_id: scope.connector_id.clone(),
+                channel: scope.reply.channel.clone(),
+                target: scope.reply.target.clone(),
+                text: text.to_owned(),
+                due_at: due,
+                timezone: zone.to_owned(),
+            });
             Ok(format!("Scheduled for {} (id {id}).", local(due, zone)))
         }
         .boxed()

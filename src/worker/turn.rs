@@ -343,6 +343,7 @@ async fn answer(
     }
     let turn_id = Uuid::now_v7();
     let memory_writes = scope.take_writes();
+    let scheduled = scope.take_schedules();
     let committed = store
         .commit_turn(TurnRecord {
             turn_id,
@@ -361,6 +362,7 @@ async fn answer(
             delivery_max_attempts: settings.delivery.max_attempts,
             lease_ttl: settings.worker.session_lease.0,
             memory_writes: &memory_writes,
+            scheduled: &scheduled,
         })
         .await?;
     crate::metrics::turn(

@@ -140,7 +140,8 @@ fn jwt(kid: &str, audience: &str, service_url: &str, expires_in: i64) -> String 
     let claims = json!({
         "iss": "https://api.botframework.com",
         "aud": audience,
-        "serviceUrl": service_url,
+        // As the Bot Connector spells it.
+        "serviceurl": service_url,
         "nbf": now - 60,
         "iat": now - 60,
         "exp": now + expires_in,

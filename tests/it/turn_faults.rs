@@ -173,6 +173,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
         memory_writes: &writes,
+        scheduled: &[],
     };
     assert_eq!(
         store.commit_turn(record(slow)).await.unwrap(),

@@ -491,6 +491,17 @@ pub async fn forget(
             .execute(&mut *tx)
             .await?;
     }
+    // Their reminders, before the turns they belong to.
+    super::scheduled::forget(&mut tx, identity_id, None).await?;
+    for session_id in &direct {
+        super::scheduled::forget(&mut tx, identity_id, Some(*session_id)).await?;
+    }
+    for turn_id in &solo_turns {
+        sqlx::query(sql("DELETE FROM scheduled_messages WHERE turn_id = $1"))
+            .bind(turn_id)
+            .execute(&mut *tx)
+            .await?;
+    }
     for session_id in &direct {
         report.deliveries += delete_turn_output(&mut tx, "session_id", *session_id).await?;
         report.messages += sqlx::query(sql("DELETE FROM messages WHERE session_id = $1

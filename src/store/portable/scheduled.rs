@@ -2,12 +2,12 @@
 //! later (`tools::schedule`), and their dispatch when due.
 //!
 //! Written once against [`super::dialect`] and compiled for each backend (see
-//! `store::portable`). Scheduling is idempotent on the tool call's key, so a
-//! rerun of the scheduling turn schedules once. Dispatch, in one transaction per
-//! message: the row is taken, becomes a delivery (one more part of the reply of
-//! the turn that scheduled it, so it keeps that reply's target and order) with
-//! its delivery job, and is marked sent; a message whose scheduling turn never
-//! committed waits (its turn may still be rerun). Rows live in the store, so a
+//! `store::portable`). A scheduled message is written in the commit transaction
+//! of the turn that scheduled it, so a turn that crashes or is fenced schedules
+//! nothing and its rerun schedules once. Dispatch, in one transaction per
+//! message: the row is taken under a lock, becomes a delivery (one more part of
+//! the reply of the turn that scheduled it, so it keeps that reply's target and
+//! order) with its delivery job, and is marked sent. Rows live in the store, so a
 //! restart loses none and sends none twice.
 
 use chrono::{DateTime, Utc};
@@ -17,40 +17,57 @@ use uuid::Uuid;
 use super::dialect::{Db, FOR_UPDATE, begin, enqueue, sql};
 use crate::store::{
     StoreError,
-    records::{NewScheduled, ScheduledMessage},
+    records::{PlannedSchedule, ScheduledMessage},
     without_nul,
 };
 
-/// Schedules a message; the id of the schedule `call_key` made (this call's, or
-/// an earlier run's).
-pub async fn schedule(pool: &sqlx::Pool<Db>, new: &NewScheduled<'_>) -> Result<Uuid, StoreError> {
-    sqlx::query(sql(
-        "INSERT INTO scheduled_messages (id, call_key, turn_key, session_id, identity_id,
-             connector_id, channel, target, text, due_at, timezone, trace_id, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (call_key) DO NOTHING",
+/// Writes the messages a turn scheduled, in the turn's commit transaction.
+pub async fn insert_planned(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    planned: &[PlannedSchedule],
+    turn_id: Uuid,
+    session_id: Uuid,
+    trace_id: &str,
+) -> Result<(), StoreError> {
+    for message in planned {
+        sqlx::query(sql(
+            "INSERT INTO scheduled_messages (id, turn_id, session_id, identity_id, connector_id,
+                 channel, target, text, due_at, timezone, trace_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        ))
+        .bind(message.id)
+        .bind(turn_id)
+        .bind(session_id)
+        .bind(message.identity_id)
+        .bind(&message.connector_id)
+        .bind(&message.channel)
+        .bind(sqlx::types::Json(&message.target))
+        .bind(without_nul(&message.text).as_ref())
+        .bind(message.due_at)
+        .bind(&message.timezone)
+        .bind(trace_id)
+        .bind(Utc::now())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the scheduled messages of one person or of the given turns' session
+/// (forgetting a person), in the caller's transaction.
+pub async fn forget(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    identity_id: Uuid,
+    session_id: Option<Uuid>,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(sql(
+        "DELETE FROM scheduled_messages WHERE identity_id = $1 OR session_id = $2",
     ))
-    .bind(Uuid::now_v7())
-    .bind(new.call_key)
-    .bind(new.turn_key)
-    .bind(new.session_id)
-    .bind(new.identity_id)
-    .bind(new.connector_id)
-    .bind(new.channel)
-    .bind(sqlx::types::Json(new.target))
-    .bind(without_nul(new.text).as_ref())
-    .bind(new.due_at)
-    .bind(new.timezone)
-    .bind(new.trace_id)
-    .bind(Utc::now())
-    .execute(pool)
-    .await?;
-    Ok(
-        sqlx::query_scalar(sql("SELECT id FROM scheduled_messages WHERE call_key = $1"))
-            .bind(new.call_key)
-            .fetch_one(pool)
-            .await?,
-    )
+    .bind(identity_id)
+    .bind(session_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 const COLUMNS: &str = "id, connector_id, channel, text, due_at, timezone, status, identity_id,
@@ -141,13 +158,13 @@ pub async fn dispatch_due(
             Uuid,
         );
         let row: Option<Row> = sqlx::query_as(sql(&format!(
-            "SELECT session_id, connector_id, channel, target, text, status, trace_id, turn_key
+            "SELECT session_id, connector_id, channel, target, text, status, trace_id, turn_id
                FROM scheduled_messages WHERE id = $1{FOR_UPDATE}"
         )))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((session_id, connector_id, channel, target, text, status, trace_id, turn_key)) =
+        let Some((session_id, connector_id, channel, target, text, status, trace_id, turn_id)) =
             row
         else {
             continue;
@@ -155,16 +172,6 @@ pub async fn dispatch_due(
         if status != "pending" {
             continue;
         }
-        // The turn that scheduled it; none yet while that turn has not committed.
-        let turn_id: Option<Uuid> = sqlx::query_scalar(sql(
-            "SELECT turn_id FROM inbound_events WHERE id = $1 AND turn_id IS NOT NULL",
-        ))
-        .bind(turn_key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(turn_id) = turn_id else {
-            continue;
-        };
         let part: i32 = sqlx::query_scalar(sql(
             "SELECT CAST(COALESCE(MAX(part), 0) + 1 AS INTEGER) FROM deliveries
               WHERE turn_id = $1 AND connector_id = $2",

@@ -288,6 +288,14 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     .await?;
 
     super::memory::apply_writes(&mut tx, turn.memory_writes, turn.turn_id).await?;
+    super::scheduled::insert_planned(
+        &mut tx,
+        turn.scheduled,
+        turn.turn_id,
+        session_id,
+        turn.trace_id,
+    )
+    .await?;
 
     for planned in &turn.deliveries {
         for (index, text) in planned.parts.iter().enumerate() {
