@@ -194,6 +194,7 @@ pub struct ReceiverConfig {
     pub max_body_bytes: usize,
     /// Accepted clock skew of signed webhook timestamps, in both directions.
     pub signature_tolerance: Span,
+    pub group_commit: GroupCommitConfig,
 }
 
 impl Default for ReceiverConfig {
@@ -202,6 +203,30 @@ impl Default for ReceiverConfig {
             listen: "0.0.0.0:8080".into(),
             max_body_bytes: 1024 * 1024,
             signature_tolerance: Span::secs(300),
+            group_commit: GroupCommitConfig::default(),
+        }
+    }
+}
+
+/// Concurrent webhooks written in one transaction (see `receiver::group_commit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupCommitConfig {
+    /// Most inbound messages in one transaction; 1 writes each webhook alone.
+    pub max_batch: usize,
+    /// How long a batch waits for more members before it is written; the
+    /// longest a webhook's answer is delayed when traffic is light.
+    pub max_wait: Span,
+    /// Batches being written at the same time (each holds a database connection).
+    pub max_in_flight: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 64,
+            max_wait: Span::millis(2),
+            max_in_flight: 2,
         }
     }
 }
@@ -1182,6 +1207,27 @@ impl Settings {
         }
         if raw.receiver.max_body_bytes == 0 {
             problem("receiver.max_body_bytes".into(), "must be positive".into());
+        }
+        let group_commit = &raw.receiver.group_commit;
+        if !(1..=1000).contains(&group_commit.max_batch) {
+            problem(
+                "receiver.group_commit.max_batch".into(),
+                "must be between 1 (no grouping) and 1000".into(),
+            );
+        }
+        if group_commit.max_wait.0 > Duration::from_secs(1) {
+            problem(
+                "receiver.group_commit.max_wait".into(),
+                "must be at most 1s (every webhook's answer waits up to this long)".into(),
+            );
+        }
+        if group_commit.max_in_flight == 0
+            || group_commit.max_in_flight >= raw.database.max_connections as usize
+        {
+            problem(
+                "receiver.group_commit.max_in_flight".into(),
+                "must be at least 1 and below database.max_connections".into(),
+            );
         }
         if raw.worker.recovery_window.0 < Duration::from_secs(3) {
             problem(

@@ -42,6 +42,8 @@ pub struct Deployment {
     /// Flips to true when the process stops serving: long-lived responses (the
     /// web chat's event streams) end so a graceful shutdown can finish.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The receiver's batch writer, started by the first webhook.
+    group_commit: std::sync::OnceLock<crate::receiver::group_commit::GroupCommit>,
 }
 
 impl Deployment {
@@ -117,7 +119,23 @@ impl Deployment {
             analytics,
             toolboxes,
             closing: tokio::sync::watch::Sender::new(false),
+            group_commit: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The group-commit writer of inbound messages, unless configured off
+    /// (`receiver.group_commit.max_batch = 1`). Called from a webhook, so on a runtime.
+    pub(crate) fn group_commit(&self) -> Option<&crate::receiver::group_commit::GroupCommit> {
+        let config = &self.settings.receiver.group_commit;
+        (config.max_batch > 1).then(|| {
+            self.group_commit.get_or_init(|| {
+                crate::receiver::group_commit::GroupCommit::start(
+                    self.store.clone(),
+                    config,
+                    self.settings.worker.turn_job_attempts,
+                )
+            })
+        })
     }
 
     /// Ends every open event stream (at shutdown).

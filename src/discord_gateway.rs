@@ -401,7 +401,7 @@ impl Session {
                 &self.deployment,
                 connector,
                 &self.connector_id,
-                message,
+                message.clone(),
                 arrived,
             )
             .await

@@ -107,6 +107,9 @@ struct Metrics {
     breaker_open: Family<CandidateLabel, Gauge>,
     analytics_events: Family<OutcomeLabel, Counter>,
     analytics_write_failures: Counter,
+    group_commits: Family<OutcomeLabel, Counter>,
+    group_commit_members: Histogram,
+    group_commit_seconds: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -130,6 +133,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         breaker_open: Family::default(),
         analytics_events: Family::default(),
         analytics_write_failures: Counter::default(),
+        group_commits: Family::default(),
+        // 1 to 1024 members.
+        group_commit_members: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+        group_commit_seconds: seconds_histogram(),
         registry: Registry::default(),
     };
     registry.register(
@@ -214,11 +221,38 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Failed attempts to write a batch of analytics events",
         metrics.analytics_write_failures.clone(),
     );
+    registry.register(
+        "group_commits",
+        "Group-committed batches of inbound messages by outcome",
+        metrics.group_commits.clone(),
+    );
+    registry.register(
+        "group_commit_members",
+        "Inbound messages per group-committed batch",
+        metrics.group_commit_members.clone(),
+    );
+    registry.register(
+        "group_commit_duration_seconds",
+        "Writing one group-committed batch, commit included",
+        metrics.group_commit_seconds.clone(),
+    );
     Metrics {
         registry,
         ..metrics
     }
 });
+
+/// A group-committed batch was written (`committed`) or failed (`failed`).
+pub fn group_commit(members: usize, elapsed: std::time::Duration, committed: bool) {
+    let m = &*METRICS;
+    m.group_commits
+        .get_or_create(&OutcomeLabel {
+            outcome: if committed { "committed" } else { "failed" },
+        })
+        .inc();
+    m.group_commit_members.observe(members as f64);
+    m.group_commit_seconds.observe(elapsed.as_secs_f64());
+}
 
 /// A webhook answered: `ok`, `rejected` (4xx) or `unavailable` (5xx), and how long it took.
 pub fn webhook(channel: &str, outcome: &'static str, elapsed: std::time::Duration) {

@@ -91,13 +91,13 @@ impl InboundMessage {
                 .any(|a| nul_opt(&a.url) || nul_opt(&a.content_type) || nul_opt(&a.name))
     }
 
-    /// The message as the store can hold it: borrowed as is, or a copy without
-    /// NUL characters when it has any.
-    pub fn storable(&self) -> std::borrow::Cow<'_, InboundMessage> {
+    /// The message as the store can hold it: as is, or without NUL characters
+    /// when it has any.
+    pub fn into_storable(self) -> InboundMessage {
         if self.has_nul() {
-            std::borrow::Cow::Owned(self.without_nul())
+            self.without_nul()
         } else {
-            std::borrow::Cow::Borrowed(self)
+            self
         }
     }
 

@@ -1,7 +1,8 @@
 //! The receiver: verify, normalize, deduplicate, enqueue, answer.
 //!
 //! Guarantee: a 2xx means the inbound event and its turn job are committed in
-//! Postgres (one transaction, see `store::inbound`). When Postgres cannot be
+//! Postgres (one transaction, see `store::inbound`, shared by concurrent webhooks
+//! under group commit, see `group_commit`). When Postgres cannot be
 //! reached the answer is 503, so the platform retries; bad input gets a 4xx with a
 //! reason and changes nothing. A platform retry of a recorded event gets 2xx and
 //! creates nothing, whether Redis or Postgres recognizes it.
@@ -25,6 +26,7 @@ use crate::{
     store::{Recorded, Routing, StoreError},
 };
 
+pub(crate) mod group_commit;
 mod webchat;
 
 pub fn router(deployment: Arc<Deployment>) -> Router {
@@ -152,7 +154,7 @@ async fn handle(
     // If one fails the answer is 503: the platform resends the batch and the
     // messages already recorded are recognised as duplicates.
     let mut answers = Vec::with_capacity(messages.len());
-    for message in &messages {
+    for message in messages {
         answers.push(accept(deployment, connector, connector_id, message, arrived).await?);
     }
     if let Some((content_type, body)) = connector.channel.acknowledgement() {
@@ -169,7 +171,7 @@ pub(crate) async fn accept(
     deployment: &Deployment,
     connector: &crate::deployment::Connector,
     connector_id: &str,
-    message: &crate::channels::InboundMessage,
+    message: crate::channels::InboundMessage,
     arrived: std::time::SystemTime,
 ) -> Result<serde_json::Value, ReceiverError> {
     if let Some(dedup) = &deployment.dedup
@@ -184,23 +186,27 @@ pub(crate) async fn accept(
         channel: connector.channel.kind().as_str(),
         agent: connector.agent(),
     };
-    let message = &*message.storable();
-    let recorded = deployment
-        .store
-        .record_inbound(
-            &routing,
-            message,
-            deployment.settings.worker.turn_job_attempts,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(connector = %connector_id, error = %e, "could not record inbound event");
-            ReceiverError::Unavailable(e)
-        })?;
+    let message = message.into_storable();
+    let platform_message_id = message.platform_message_id.clone();
+    let recorded = match deployment.group_commit() {
+        Some(group_commit) => group_commit.record(&routing, message).await,
+        None => {
+            deployment
+                .store
+                .record_inbound(
+                    &routing,
+                    &message,
+                    deployment.settings.worker.turn_job_attempts,
+                )
+                .await
+        }
+    }
+    .map_err(|e| {
+        tracing::warn!(connector = %connector_id, error = %e, "could not record inbound event");
+        ReceiverError::Unavailable(e)
+    })?;
     if let Some(dedup) = &deployment.dedup {
-        dedup
-            .remember(connector_id, &message.platform_message_id)
-            .await;
+        dedup.remember(connector_id, &platform_message_id).await;
     }
     crate::metrics::inbound_message(
         routing.channel,
@@ -227,7 +233,7 @@ pub(crate) async fn accept(
                 connector = %connector_id,
                 %event_id,
                 %session_id,
-                platform_message_id = %message.platform_message_id,
+                %platform_message_id,
                 "inbound accepted"
             );
             json!({
@@ -238,7 +244,7 @@ pub(crate) async fn accept(
             })
         }
         Recorded::Duplicate => {
-            tracing::info!(connector = %connector_id, platform_message_id = %message.platform_message_id, "duplicate inbound");
+            tracing::info!(connector = %connector_id, %platform_message_id, "duplicate inbound");
             json!({ "status": "duplicate" })
         }
     })

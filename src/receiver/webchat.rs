@@ -240,7 +240,7 @@ async fn accept(
         sent_at: Some(Utc::now()),
     };
     Ok(
-        match super::accept(deployment, connector, connector_id, &inbound, arrived).await {
+        match super::accept(deployment, connector, connector_id, inbound, arrived).await {
             Ok(answer) => Json(answer).into_response(),
             Err(e) => e.into_response(),
         },

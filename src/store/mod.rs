@@ -35,6 +35,9 @@ pub enum StoreError {
     SqliteQueue(#[from] apalis_sqlite::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group-committed batch this write belonged to failed.
+    #[error("batch: {0}")]
+    Batch(std::sync::Arc<StoreError>),
 }
 
 /// Calls the backend-neutral store function `module::function(pool, args…)` (see
@@ -113,6 +116,24 @@ impl Store {
             }
             Store::Sqlite(pool) => {
                 sqlite::inbound::record(pool, routing, message, turn_job_attempts).await
+            }
+        }
+    }
+
+    /// Records a batch of inbound events and their turn jobs in one transaction
+    /// (group commit); each answer in the batch's order. On error nothing of the
+    /// batch is recorded.
+    pub async fn record_inbound_batch(
+        &self,
+        batch: &[Arrival<'_>],
+        turn_job_attempts: usize,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::inbound::record_batch(pool, batch, turn_job_attempts).await
+            }
+            Store::Sqlite(pool) => {
+                sqlite::inbound::record_batch(pool, batch, turn_job_attempts).await
             }
         }
     }

@@ -8,11 +8,18 @@ use uuid::Uuid;
 use crate::channels::{ReplyTarget, SendError};
 
 /// Who answers an inbound message, and in which session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Routing<'a> {
     pub connector_id: &'a str,
     pub channel: &'a str,
     pub agent: &'a str,
+}
+
+/// One inbound message of a group-committed batch, with where it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub routing: Routing<'a>,
+    pub message: &'a crate::channels::InboundMessage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -159,6 +159,8 @@ pub struct TestConfig {
     pub extra: String,
     pub history_messages: i64,
     pub turn_job_attempts: usize,
+    /// More lines for the `[receiver]` table (group commit).
+    pub receiver_extra: &'static str,
 }
 
 impl Default for TestConfig {
@@ -182,6 +184,7 @@ impl Default for TestConfig {
             extra: String::new(),
             history_messages: 20,
             turn_job_attempts: 10,
+            receiver_extra: "",
         }
     }
 }
@@ -209,6 +212,7 @@ timeout = "100ms"
 [receiver]
 listen = "127.0.0.1:0"
 max_body_bytes = {max_body}
+{receiver_extra}
 
 [worker]
 listen = "127.0.0.1:0"
@@ -267,6 +271,7 @@ callback_url = "{callback}"
 "#,
             redis = self.redis_url,
             max_body = self.max_body_bytes,
+            receiver_extra = self.receiver_extra,
             window = self.recovery_window,
             lease = self.session_lease,
             mode = self.turn_mode,

@@ -10,6 +10,7 @@ mod dev;
 mod discord;
 mod fakes;
 mod functions;
+mod group_commit;
 mod helpers;
 mod imessage;
 mod mcp;

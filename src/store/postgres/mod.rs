@@ -157,6 +157,21 @@ pub async fn enqueue<J: Job>(
     Ok(())
 }
 
+/// Pushes several jobs of one kind in one statement inside the caller's
+/// transaction, each with its idempotency key.
+pub async fn enqueue_many<J: Job>(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[(J, String)],
+    max_attempts: usize,
+) -> Result<(), StoreError> {
+    let tasks = jobs
+        .iter()
+        .map(|(job, key)| super::queue_task(job, key.clone(), max_attempts, None))
+        .collect();
+    apalis_postgres::queries::push_tasks(&mut **tx, J::QUEUE, tasks).await?;
+    Ok(())
+}
+
 /// Puts the unfinished jobs of the named workers back on their queues.
 pub async fn return_unfinished(pool: &PgPool, workers: &[String]) -> Result<u64, StoreError> {
     Ok(sqlx::query(

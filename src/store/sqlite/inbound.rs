@@ -1,6 +1,9 @@
 //! Recording an inbound event on SQLite: the same transaction as on Postgres
 //! (session bump, event insert deduplicated by its unique index, turn job), under
-//! the write lock taken by `BEGIN IMMEDIATE`.
+//! the write lock taken by `BEGIN IMMEDIATE`. Holding that lock, a duplicate is
+//! found by looking before writing, so a group-committed batch
+//! ([`record_batch`]) writes its members one after the other in one transaction
+//! and skips its duplicates without rolling anything back.
 
 use sqlx::SqlitePool;
 use uuid::Uuid;
@@ -10,7 +13,7 @@ use crate::{
     channels::InboundMessage,
     store::{
         StoreError,
-        records::{Recorded, Routing, conversation_key, session_key},
+        records::{Arrival, Recorded, Routing, conversation_key, session_key},
     },
 };
 use microclaw_jobs::TurnJob;
@@ -21,12 +24,58 @@ pub async fn record(
     message: &InboundMessage,
     turn_job_attempts: usize,
 ) -> Result<Recorded, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let recorded = record_in(&mut tx, routing, message, turn_job_attempts).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Records a batch of inbound events in one transaction; the answers are in the
+/// batch's order.
+pub async fn record_batch(
+    pool: &SqlitePool,
+    batch: &[Arrival<'_>],
+    turn_job_attempts: usize,
+) -> Result<Vec<Recorded>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for arrival in batch {
+        answers.push(
+            record_in(
+                &mut tx,
+                &arrival.routing,
+                arrival.message,
+                turn_job_attempts,
+            )
+            .await?,
+        );
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+async fn record_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    routing: &Routing<'_>,
+    message: &InboundMessage,
+    turn_job_attempts: usize,
+) -> Result<Recorded, StoreError> {
+    let recorded_before: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM inbound_events
+                         WHERE connector_id = ?1 AND platform_message_id = ?2)",
+    )
+    .bind(routing.connector_id)
+    .bind(&message.platform_message_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if recorded_before {
+        return Ok(Recorded::Duplicate);
+    }
     let event_id = Uuid::now_v7();
     let trace_id = event_id.simple().to_string();
-    let mut tx = begin_write(pool).await?;
 
     let identity_id = super::identity::resolve_account(
-        &mut tx,
+        tx,
         routing.connector_id,
         routing.channel,
         &message.sender_id,
@@ -51,16 +100,15 @@ pub async fn record(
     .bind(message.is_group)
     .bind((!message.is_group).then_some(identity_id))
     .bind(&conversation_key)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
 
-    let inserted = sqlx::query(
+    sqlx::query(
         "INSERT INTO inbound_events
             (id, connector_id, channel, platform_message_id, session_id, seq, sender_id,
              sender_name, conversation_id, thread_id, is_group, text, attachments, sent_at, trace_id,
              identity_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-         ON CONFLICT (connector_id, platform_message_id) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )
     .bind(event_id)
     .bind(routing.connector_id)
@@ -78,24 +126,18 @@ pub async fn record(
     .bind(message.sent_at)
     .bind(&trace_id)
     .bind(identity_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tx.rollback().await?;
-        return Ok(Recorded::Duplicate);
-    }
+    .execute(&mut **tx)
+    .await?;
 
     let job = TurnJob::new(session_id, event_id, trace_id.clone());
     enqueue(
-        &mut tx,
+        tx,
         &job,
         format!("turn:{event_id}"),
         turn_job_attempts,
         None,
     )
     .await?;
-    tx.commit().await?;
     Ok(Recorded::Accepted {
         event_id,
         session_id,

@@ -1,0 +1,179 @@
+//! Group commit at the receiver: concurrent webhooks share a transaction, and none
+//! is acknowledged before that transaction committed.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestApp, TestConfig, TestMessage};
+
+const WIDE_WINDOW: &str = "[receiver.group_commit]
+max_batch = 16
+max_wait = \"300ms\"";
+
+/// Sends the messages concurrently; each answer as it arrives: (status, body).
+fn post_all<'a>(
+    app: &'a TestApp,
+    messages: &'a [TestMessage],
+) -> futures::stream::FuturesUnordered<impl Future<Output = (u16, Value)> + 'a> {
+    messages
+        .iter()
+        .map(|message| async move {
+            let response = app.post_message(message).await;
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn nothing_is_acknowledged_before_its_batch_commits() {
+    let app = TestApp::spawn(TestConfig {
+        receiver_extra: WIDE_WINDOW,
+        ..TestConfig::default()
+    })
+    .await;
+    let messages: Vec<TestMessage> = (0..20)
+        .map(|i| TestMessage::direct(&format!("gc-{i}"), &format!("person-{}", i % 4), "hi"))
+        .collect();
+
+    // Another transaction holds the event table: no batch can commit.
+    let mut blocker = app.pg().begin().await.unwrap();
+    sqlx::query("LOCK TABLE inbound_events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let mut answers = post_all(&app, &messages);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), answers.next())
+            .await
+            .is_err(),
+        "a webhook was answered while its batch could not commit"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 0);
+
+    blocker.commit().await.unwrap();
+    let mut acknowledged = 0;
+    while let Some((status, body)) = answers.next().await {
+        assert_eq!(status, 200, "{body}");
+        // Acknowledged means committed: another connection sees the event and
+        // its turn job the moment the answer arrives.
+        let event_id = body["event_id"].as_str().unwrap();
+        assert_eq!(
+            app.count(&format!(
+                "SELECT count(*) FROM inbound_events e
+                   JOIN apalis.jobs j ON j.idempotency_key = 'turn:' || e.id::text
+                  WHERE e.id = '{event_id}'"
+            ))
+            .await,
+            1
+        );
+        acknowledged += 1;
+    }
+    assert_eq!(acknowledged, 20);
+    drop(answers);
+    // The twenty events were written by a few transactions, not twenty.
+    let transactions = app
+        .count("SELECT count(DISTINCT xmin::text) FROM inbound_events")
+        .await;
+    assert!(
+        transactions <= 4,
+        "{transactions} transactions for 20 webhooks"
+    );
+    app.stop().await;
+}
+
+async fn a_failed_batch_answers_every_member_with_503(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        receiver_extra: WIDE_WINDOW,
+        ..TestConfig::default()
+    })
+    .await;
+    // One member of the batch cannot be written.
+    match backend {
+        Backend::Postgres => {
+            app.execute(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poisoned batch'; END IF;
+                   RETURN NEW;
+                 END $$",
+            )
+            .await;
+            app.execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON inbound_events
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+            )
+            .await;
+        }
+        Backend::Sqlite => {
+            app.execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON inbound_events
+                 WHEN NEW.text = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned batch'); END",
+            )
+            .await;
+        }
+    }
+    let mut messages: Vec<TestMessage> = (0..4)
+        .map(|i| TestMessage::direct(&format!("fb-{i}"), &format!("person-{}", i % 2), "hi"))
+        .collect();
+    messages.push(TestMessage::direct("fb-poison", "person-0", "poison"));
+
+    let answers: Vec<(u16, Value)> = post_all(&app, &messages).collect().await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(body["code"], "unavailable");
+    }
+    for table in ["inbound_events", "sessions", "apalis.jobs", "accounts"] {
+        assert_eq!(
+            app.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "the failed batch left rows in {table}"
+        );
+    }
+
+    // The platforms retry (here the poison is cured, and two copies of the first
+    // message travel in the same batch): each message is recorded once.
+    app.execute(match backend {
+        Backend::Postgres => "DROP TRIGGER refuse_poison ON inbound_events",
+        Backend::Sqlite => "DROP TRIGGER refuse_poison",
+    })
+    .await;
+    messages.last_mut().unwrap().text = "cured".into();
+    messages.push(messages[0].clone());
+    messages.push(messages[0].clone());
+    let answers: Vec<(u16, Value)> = post_all(&app, &messages).collect().await;
+    let status_of = |wanted: &str| {
+        answers
+            .iter()
+            .filter(|(status, body)| *status == 200 && body["status"] == wanted)
+            .count()
+    };
+    assert_eq!(status_of("accepted"), 5, "{answers:?}");
+    assert_eq!(status_of("duplicate"), 2, "{answers:?}");
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 5);
+    // Each session's events are numbered 1..n in one batch.
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM sessions s
+              WHERE s.last_inbound_seq = (SELECT count(*) FROM inbound_events e
+                                           WHERE e.session_id = s.id)
+                AND s.last_inbound_seq = (SELECT max(seq) FROM inbound_events e
+                                           WHERE e.session_id = s.id)"
+        )
+        .await,
+        2
+    );
+    app.drain(Duration::from_secs(20)).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM inbound_events WHERE status = 'answered'")
+            .await,
+        5
+    );
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_failed_batch_answers_every_member_with_503);
