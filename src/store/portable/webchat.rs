@@ -5,12 +5,15 @@
 //! `store::portable`). Every write is idempotent on its `message_key`, so a
 //! visitor's retried send and a delivery job's rerun each leave one row. A
 //! visitor's replies are delivered one at a time (deliveries of a conversation
-//! wait for the earlier ones, `worker::delivery`), so within one visitor `seq`
-//! grows in the order rows commit and a reader's cursor skips nothing.
+//! wait for the earlier ones, `worker::delivery`), and the appends of one
+//! visitor take turns (on Postgres an advisory lock held to the commit, since
+//! `seq` is handed out at insert but seen at commit; SQLite has one writer), so
+//! within one visitor `seq` grows in the order rows commit and a reader's cursor
+//! skips nothing, even when the visitor writes while a reply is being delivered.
 
 use uuid::Uuid;
 
-use super::dialect::{Db, sql};
+use super::dialect::{BACKEND, Backend, Db, sql};
 use crate::store::{StoreError, records::WebchatMessage};
 
 /// Appends a message to a visitor's mailbox unless `message_key` is there already.
@@ -22,6 +25,13 @@ pub async fn webchat_append(
     message_key: &str,
     text: &str,
 ) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    if BACKEND == Backend::Postgres {
+        sqlx::query(sql("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"))
+            .bind(format!("webchat:{connector_id}:{visitor_id}"))
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(sql(
         "INSERT INTO webchat_messages (connector_id, visitor_id, role, message_key, text, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -33,8 +43,9 @@ pub async fn webchat_append(
     .bind(message_key)
     .bind(crate::store::without_nul(text).as_ref())
     .bind(chrono::Utc::now())
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
