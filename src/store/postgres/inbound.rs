@@ -224,18 +224,20 @@ pub async fn record_batch(
 }
 
 /// Each member's identity: known senders in one query (row-shared, as in
-/// `identity::resolve_account`), first contacts one by one.
+/// `identity::resolve_account`), first contacts one by one. Both go in sender
+/// order, so two batches creating the same new accounts cannot deadlock.
 async fn resolve_accounts(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Arrival<'_>],
 ) -> Result<Vec<Uuid>, StoreError> {
-    let senders: Vec<(&str, &str)> = batch
-        .iter()
-        .map(|a| (a.routing.connector_id, a.message.sender_id.as_str()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let (connectors, sender_ids): (Vec<&str>, Vec<&str>) = senders.into_iter().unzip();
+    // Each sender once, in order, with the first of its messages.
+    let mut senders: BTreeMap<(&str, &str), &Arrival<'_>> = BTreeMap::new();
+    for arrival in batch {
+        senders
+            .entry((arrival.routing.connector_id, &arrival.message.sender_id))
+            .or_insert(arrival);
+    }
+    let (connectors, sender_ids): (Vec<&str>, Vec<&str>) = senders.keys().copied().unzip();
     let known: Vec<(String, String, Uuid)> = sqlx::query_as(
         "SELECT a.connector_id, a.sender_id, a.identity_id
            FROM accounts a
@@ -248,34 +250,31 @@ async fn resolve_accounts(
     .bind(&sender_ids)
     .fetch_all(&mut **tx)
     .await?;
-    let mut known: HashMap<(String, String), Uuid> = known
+    let known: HashMap<(String, String), Uuid> = known
         .into_iter()
         .map(|(connector, sender, identity)| ((connector, sender), identity))
         .collect();
-    let mut identities = Vec::with_capacity(batch.len());
-    for arrival in batch {
-        let key = (
-            arrival.routing.connector_id.to_owned(),
-            arrival.message.sender_id.clone(),
-        );
-        let identity = match known.get(&key) {
+    let mut identities: HashMap<(&str, &str), Uuid> = HashMap::with_capacity(senders.len());
+    for (key, arrival) in senders {
+        let identity = match known.get(&(key.0.to_owned(), key.1.to_owned())) {
             Some(identity) => *identity,
             None => {
-                let identity = super::identity::resolve_account(
+                super::identity::resolve_account(
                     tx,
                     arrival.routing.connector_id,
                     arrival.routing.channel,
                     &arrival.message.sender_id,
                     arrival.message.sender_name.as_deref(),
                 )
-                .await?;
-                known.insert(key, identity);
-                identity
+                .await?
             }
         };
-        identities.push(identity);
+        identities.insert(key, identity);
     }
-    Ok(identities)
+    Ok(batch
+        .iter()
+        .map(|a| identities[&(a.routing.connector_id, a.message.sender_id.as_str())])
+        .collect())
 }
 
 /// The (connector, platform message id) pairs of the batch already stored.
