@@ -137,6 +137,9 @@ pub struct RunArgs {
     /// receiver.group_commit.max_wait (whole milliseconds).
     #[arg(long, default_value = "2ms", value_parser = parse_span)]
     pub group_commit_wait: Duration,
+    /// receiver.group_commit.max_in_flight (batches written at once).
+    #[arg(long, default_value_t = 2)]
+    pub group_commit_writers: usize,
     /// worker.turn_concurrency.
     #[arg(long, default_value_t = 64)]
     pub turn_concurrency: usize,
@@ -182,6 +185,7 @@ impl RunArgs {
         Tuning {
             group_commit_batch: self.group_commit_batch,
             group_commit_wait: self.group_commit_wait,
+            group_commit_writers: self.group_commit_writers,
             turn_concurrency: self.turn_concurrency,
             delivery_concurrency: self.delivery_concurrency,
             db_connections: self.db_connections,
@@ -209,7 +213,8 @@ impl RunArgs {
             "model_latency_ms": self.model_latency.as_millis(),
             "reply_chars": self.reply_chars,
             "group_commit": {"max_batch": self.group_commit_batch,
-                             "max_wait_ms": self.group_commit_wait.as_millis()},
+                             "max_wait_ms": self.group_commit_wait.as_millis(),
+                             "max_in_flight": self.group_commit_writers},
             "turn_concurrency": self.turn_concurrency,
             "delivery_concurrency": self.delivery_concurrency,
             "db_connections": self.db_connections,

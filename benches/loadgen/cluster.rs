@@ -141,6 +141,7 @@ pub enum Topology {
 pub struct Tuning {
     pub group_commit_batch: usize,
     pub group_commit_wait: Duration,
+    pub group_commit_writers: usize,
     pub turn_concurrency: usize,
     pub delivery_concurrency: usize,
     pub db_connections: u32,
@@ -174,6 +175,7 @@ listen = "{RECEIVER_LISTEN}"
 [receiver.group_commit]
 max_batch = {batch}
 max_wait = "{wait}ms"
+max_in_flight = {writers}
 
 [worker]
 listen = "{WORKER_LISTEN}"
@@ -216,6 +218,7 @@ api_base_url = "{slack_api}"
         prefix = db.name,
         batch = tuning.group_commit_batch,
         wait = tuning.group_commit_wait.as_millis(),
+        writers = tuning.group_commit_writers,
         turns = tuning.turn_concurrency,
         deliveries = tuning.delivery_concurrency,
         model_url = model.base_url,
