@@ -8,14 +8,16 @@
 //! last attempt, marks the delivery dead with its attempt history: the admin queue.
 //!
 //! Order across turns: a reply waits while an earlier reply to the same
-//! conversation on the same connector is still pending (its job is put back for
-//! `ORDER_POLL` and starts no attempt), so replies arrive in the order their turns
-//! committed, as parts of one reply already do. The wait ends when the earlier one
+//! conversation on the same connector is still pending (first in the worker,
+//! looking again after a few milliseconds, for up to `ORDER_PATIENCE`: the earlier
+//! one is usually being sent right now; then its job is put back for `ORDER_POLL`
+//! and starts no attempt), so replies arrive in the order their turns committed,
+//! as parts of one reply already do. The wait ends when the earlier one
 //! is delivered or dead, or `delivery.order_window` after it was created (a reply
 //! stuck in long retries does not hold the conversation forever; 0 turns the
 //! wait off).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{AbortError, Attempt, BoxDynError, Data};
 use microclaw_jobs::{DeliveryJob, Job};
@@ -49,23 +51,33 @@ pub async fn run(
     result
 }
 
-/// How often a reply waiting for an earlier one looks again.
-const ORDER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a reply waiting for an earlier one waits in the worker before its
+/// job goes back to the queue.
+const ORDER_PATIENCE: Duration = Duration::from_secs(2);
+/// When a reply still waits after `ORDER_PATIENCE`, its job runs again after this.
+const ORDER_POLL: Duration = Duration::from_secs(1);
 
 async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {
     let store = &deployment.store;
     let window = deployment.settings.delivery.order_window.0;
-    if !window.is_zero()
-        && store
+    if !window.is_zero() {
+        let waiting_since = std::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        while store
             .earlier_delivery_pending(
                 job.delivery_id,
                 chrono::Utc::now() - chrono::Duration::from_std(window).unwrap_or_default(),
             )
             .await?
-    {
-        tracing::debug!("an earlier reply of this conversation is still pending; waiting");
-        store.defer_delivery(job, ORDER_POLL).await?;
-        return Ok(());
+        {
+            if waiting_since.elapsed() >= ORDER_PATIENCE {
+                tracing::debug!("an earlier reply of this conversation is still pending; waiting");
+                store.defer_delivery(job, ORDER_POLL).await?;
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
     let Some(row) = store.begin_attempt(job).await? else {
         tracing::debug!("nothing to send (already delivered, dead, or this attempt ran)");
