@@ -132,7 +132,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub ingest_only: bool,
     /// receiver.group_commit.max_batch (1: one transaction per webhook).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub group_commit_batch: usize,
     /// receiver.group_commit.max_wait (whole milliseconds).
     #[arg(long, default_value = "2ms", value_parser = parse_span)]

@@ -224,7 +224,7 @@ pub struct GroupCommitConfig {
 impl Default for GroupCommitConfig {
     fn default() -> Self {
         Self {
-            max_batch: 64,
+            max_batch: 128,
             max_wait: Span::millis(2),
             max_in_flight: 2,
         }
