@@ -364,7 +364,7 @@ async fn the_web_chat_answers_in_dev_and_keeps_its_history_across_restarts() {
         }
     };
     let wait_for = |n: usize| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let messages = mailbox().await;
             if messages.len() >= n {
