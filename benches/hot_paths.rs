@@ -12,36 +12,33 @@
 //! - `jobs/<job>`: encoding and decoding a queue payload, against parsing the same
 //!   bytes into a `serde_json::Value`.
 
-use std::{collections::HashMap, hint::black_box, sync::Arc, time::Duration};
+use std::{collections::HashMap, hint::black_box, time::Duration};
 
-use axum::{
-    body::Bytes,
-    http::{HeaderMap, HeaderName, HeaderValue, Method},
-};
+use axum::{body::Bytes, http::Method};
 use criterion::{Criterion, criterion_group, criterion_main};
-use ed25519_dalek::{Signer, SigningKey as Ed25519Key};
-use microclaw::{
-    channels::{self, Channel, Inbound, InboundRequest, format},
-    config::Settings,
-    store::Store,
-};
+use microclaw::channels::{self, Inbound, InboundRequest, format};
 use microclaw_jobs::{DeliveryJob, TurnJob};
 
-const CUSTOM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const SLACK_SECRET: &str = "bench-slack-signing-secret";
-const WHATSAPP_SECRET: &str = "0123456789abcdef0123456789abcdef";
-const TELEGRAM_SECRET: &str = "bench-telegram-secret";
-const TWILIO_TOKEN: &str = "bench-twilio-auth-token";
-const TWILIO_URL: &str = "https://hooks.microclaw.example/hooks/sms";
-const DISCORD_SEED: [u8; 32] = [7; 32];
+/// The channels with their platforms' signing, shared with the fuzz targets.
+#[path = "../fuzz/fuzz_targets/channels.rs"]
+mod signed_channels;
 
-/// One webhook as its platform sends it, and the channel that receives it.
-struct Webhook {
-    name: &'static str,
-    channel: Arc<dyn Channel>,
-    headers: HeaderMap,
-    body: Bytes,
-    baseline: fn(&[u8]),
+/// Parses a body without verifying or normalizing it.
+type Baseline = fn(&[u8]);
+
+/// Each channel's sample payload, and the baseline parse of it.
+fn sample(channel: &str) -> Option<(&'static str, Baseline)> {
+    Some(match channel {
+        "custom" => ("standard_webhooks.json", json_baseline),
+        "slack" => ("slack.json", json_baseline),
+        "whatsapp" => ("whatsapp.json", json_baseline),
+        "telegram" => ("telegram.json", json_baseline),
+        "twilio" => ("twilio_sms.form", form_baseline),
+        "discord" => ("discord.json", json_baseline),
+        "imessage" => ("imessage_bluebubbles.json", json_baseline),
+        // Teams verifies a JWT in its async hook before `receive`; not measured here.
+        _ => return None,
+    })
 }
 
 fn json_baseline(body: &[u8]) {
@@ -52,238 +49,48 @@ fn form_baseline(body: &[u8]) {
     black_box(channels::form_pairs(body));
 }
 
-fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
-    pairs
-        .iter()
-        .map(|(name, value)| {
-            (
-                HeaderName::from_static(name),
-                HeaderValue::from_str(value).expect("header value"),
-            )
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn webhooks(store: &Store) -> Vec<Webhook> {
-    let discord_key = Ed25519Key::from_bytes(&DISCORD_SEED);
-    let config = format!(
-        r#"
-[[connectors]]
-id = "custom"
-channel = "custom"
-agent = "assistant"
-signing_secret_env = "CUSTOM_SECRET"
-callback_url = "http://127.0.0.1:9/replies"
-
-[[connectors]]
-id = "slack"
-channel = "slack"
-agent = "assistant"
-signing_secret_env = "SLACK_SECRET"
-bot_token_env = "BOT_TOKEN"
-
-[[connectors]]
-id = "wa"
-channel = "whatsapp"
-agent = "assistant"
-signing_secret_env = "WHATSAPP_SECRET"
-bot_token_env = "BOT_TOKEN"
-verify_token_env = "BOT_TOKEN"
-
-[[connectors]]
-id = "tg"
-channel = "telegram"
-agent = "assistant"
-bot_token_env = "BOT_TOKEN"
-secret_token_env = "TELEGRAM_SECRET"
-
-[[connectors]]
-id = "sms"
-channel = "twilio"
-agent = "assistant"
-signing_secret_env = "TWILIO_TOKEN"
-account_sid = "ACbench"
-public_url = "{TWILIO_URL}"
-
-[[connectors]]
-id = "discord"
-channel = "discord"
-agent = "assistant"
-public_key = "{}"
-command = "ask"
-bot_token_env = "BOT_TOKEN"
-"#,
-        hex(discord_key.verifying_key().as_bytes())
-    );
-    let env = |name: &str| {
-        Some(
-            match name {
-                "CUSTOM_SECRET" => CUSTOM_SECRET,
-                "SLACK_SECRET" => SLACK_SECRET,
-                "WHATSAPP_SECRET" => WHATSAPP_SECRET,
-                "TELEGRAM_SECRET" => TELEGRAM_SECRET,
-                "TWILIO_TOKEN" => TWILIO_TOKEN,
-                "BOT_TOKEN" => "bench-bot-token",
-                _ => return None,
-            }
-            .to_owned(),
-        )
-    };
-    let settings = Settings::from_toml(&config, &env).expect("bench config is valid");
-    let http = reqwest::Client::builder().build().expect("client");
-    let channel = |id: &str| {
-        channels::build(
-            &settings.connectors[id],
-            &http,
-            settings.receiver.signature_tolerance.0,
-            store,
-        )
-    };
-    let now = chrono::Utc::now().timestamp();
-    let fixture = |name: &str| {
-        Bytes::from(
+fn inbound(c: &mut Criterion) {
+    let method = Method::POST;
+    let now = chrono::Utc::now();
+    for fuzzed in signed_channels::all() {
+        let Some((file, baseline)) = sample(fuzzed.name) else {
+            continue;
+        };
+        let body = Bytes::from(
             std::fs::read(format!(
-                "{}/tests/fixtures/{name}",
+                "{}/tests/fixtures/{file}",
                 env!("CARGO_MANIFEST_DIR")
             ))
             .expect("fixture"),
-        )
-    };
-
-    let custom = fixture("standard_webhooks.json");
-    let custom_signature = channels::standard_webhooks::SigningKey::parse(CUSTOM_SECRET)
-        .expect("secret")
-        .sign("msg_bench", now, &custom);
-    let slack = fixture("slack.json");
-    let whatsapp = fixture("whatsapp.json");
-    let telegram = fixture("telegram.json");
-    let twilio = fixture("twilio_sms.form");
-    let discord = fixture("discord.json");
-    let discord_signature = {
-        let mut signed = now.to_string().into_bytes();
-        signed.extend_from_slice(&discord);
-        hex(&discord_key.sign(&signed).to_bytes())
-    };
-    vec![
-        Webhook {
-            name: "custom",
-            channel: channel("custom"),
-            headers: headers(&[
-                ("webhook-id", "msg_bench".into()),
-                ("webhook-timestamp", now.to_string()),
-                ("webhook-signature", custom_signature),
-            ]),
-            body: custom,
-            baseline: json_baseline,
-        },
-        Webhook {
-            name: "slack",
-            channel: channel("slack"),
-            headers: headers(&[
-                ("x-slack-request-timestamp", now.to_string()),
-                (
-                    "x-slack-signature",
-                    channels::slack::signature(SLACK_SECRET, &now.to_string(), &slack),
-                ),
-            ]),
-            body: slack,
-            baseline: json_baseline,
-        },
-        Webhook {
-            name: "whatsapp",
-            channel: channel("wa"),
-            headers: headers(&[(
-                "x-hub-signature-256",
-                channels::whatsapp::signature(WHATSAPP_SECRET, &whatsapp),
-            )]),
-            body: whatsapp,
-            baseline: json_baseline,
-        },
-        Webhook {
-            name: "telegram",
-            channel: channel("tg"),
-            headers: headers(&[("x-telegram-bot-api-secret-token", TELEGRAM_SECRET.into())]),
-            body: telegram,
-            baseline: json_baseline,
-        },
-        Webhook {
-            name: "twilio",
-            channel: channel("sms"),
-            headers: headers(&[
-                (
-                    "x-twilio-signature",
-                    channels::twilio::signature(
-                        TWILIO_TOKEN,
-                        TWILIO_URL,
-                        &channels::form_pairs(&twilio),
-                    ),
-                ),
-                ("content-type", "application/x-www-form-urlencoded".into()),
-            ]),
-            body: twilio,
-            baseline: form_baseline,
-        },
-        Webhook {
-            name: "discord",
-            channel: channel("discord"),
-            headers: headers(&[
-                ("x-signature-ed25519", discord_signature),
-                ("x-signature-timestamp", now.to_string()),
-            ]),
-            body: discord,
-            baseline: json_baseline,
-        },
-    ]
-}
-
-fn inbound(c: &mut Criterion) {
-    microclaw::install_tls_provider();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let data_dir = std::env::temp_dir().join(format!("microclaw-bench-{}", std::process::id()));
-    let store = runtime
-        .block_on(Store::open(&microclaw::config::DatabaseConfig {
-            url: format!("sqlite://{}", data_dir.join("store.db").display()),
-            ..Default::default()
-        }))
-        .expect("scratch store");
-    let method = Method::POST;
-    let now = chrono::Utc::now();
-    for webhook in webhooks(&store) {
+        );
+        let headers = signed_channels::headers(&(fuzzed.sign)(&body, now.timestamp()));
         let request = InboundRequest {
             method: &method,
-            headers: &webhook.headers,
-            query: None,
-            body: &webhook.body,
+            headers: &headers,
+            query: fuzzed.query,
+            body: &body,
             now,
         };
-        match webhook.channel.receive(&request) {
+        match fuzzed.channel.receive(&request) {
             Ok(Inbound::Message(_)) | Ok(Inbound::Batch(_)) => {}
             other => panic!(
                 "{}: the signed sample was not accepted: {other:?}",
-                webhook.name
+                fuzzed.name
             ),
         }
-        let mut group = c.benchmark_group(format!("inbound/{}", webhook.name));
-        group.bench_function("baseline_parse", |b| {
-            b.iter(|| (webhook.baseline)(black_box(&webhook.body)))
-        });
+        let mut group = c.benchmark_group(format!("inbound/{}", fuzzed.name));
+        group.bench_function("baseline_parse", |b| b.iter(|| baseline(black_box(&body))));
         group.bench_function("verify_parse_normalize", |b| {
             b.iter(|| {
                 let request = InboundRequest {
-                    body: black_box(&webhook.body),
+                    body: black_box(&body),
                     ..request
                 };
-                webhook.channel.receive(&request).expect("accepted")
+                fuzzed.channel.receive(&request).expect("accepted")
             })
         });
         group.finish();
     }
-    drop(store);
-    let _ = std::fs::remove_dir_all(data_dir);
 }
 
 /// A long model reply with the Markdown a model writes: headings, emphasis,
