@@ -21,6 +21,7 @@ mod pacing;
 mod pipeline;
 mod receiver;
 mod router;
+mod security;
 mod slack;
 mod teams;
 mod telegram;
