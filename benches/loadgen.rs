@@ -56,6 +56,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use microclaw::channels::standard_webhooks::SigningKey;
+use microclaw::config::parse_span;
 use serde_json::json;
 
 use crate::{
@@ -161,23 +162,6 @@ pub struct RunArgs {
     /// Keep the run's database for a look afterwards (its URL is printed).
     #[arg(long)]
     pub keep_database: bool,
-}
-
-/// A duration such as `250ms`, `5s` or `2m`.
-fn parse_span(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 250ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{text}` needs a unit: ms, s or m")),
-    }
 }
 
 impl RunArgs {

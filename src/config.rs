@@ -84,7 +84,8 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
-fn parse_span(text: &str) -> Result<Duration, String> {
+/// Parses a duration as configuration writes it (`30`, `250ms`, `30s`, `5m`, `1h`).
+pub fn parse_span(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
