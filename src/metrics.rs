@@ -110,6 +110,7 @@ struct Metrics {
     group_commits: Family<OutcomeLabel, Counter>,
     group_commit_members: Histogram,
     group_commit_seconds: Histogram,
+    queue_consumer_restarts: Family<QueueLabel, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -137,6 +138,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         // 1 to 1024 members.
         group_commit_members: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
         group_commit_seconds: seconds_histogram(),
+        queue_consumer_restarts: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -235,6 +237,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "group_commit_duration_seconds",
         "Writing one group-committed batch, commit included",
         metrics.group_commit_seconds.clone(),
+    );
+    registry.register(
+        "queue_consumer_restarts",
+        "Queue consumers restarted after their backend failed (the database was away)",
+        metrics.queue_consumer_restarts.clone(),
     );
     Metrics {
         registry,
@@ -337,6 +344,16 @@ pub fn delivery(channel: &str, outcome: &'static str) {
         .get_or_create(&ChannelOutcome {
             channel: channel.to_owned(),
             outcome,
+        })
+        .inc();
+}
+
+/// A queue's consumer died on a backend error and is being restarted.
+pub fn queue_consumer_restart(queue: &str) {
+    METRICS
+        .queue_consumer_restarts
+        .get_or_create(&QueueLabel {
+            queue: queue.to_owned(),
         })
         .inc();
 }

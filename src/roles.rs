@@ -25,6 +25,11 @@ impl Shutdown {
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
+
+    /// Whether the signal was given.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 impl ShutdownTrigger {
@@ -113,7 +118,7 @@ pub async fn run_worker(
                 .await
         })
     });
-    let result = crate::worker::run(deployment, shutdown.wait()).await;
+    let result = crate::worker::run(deployment, shutdown).await;
     if let Some(server) = health_server {
         let _ = server.await;
     }

@@ -13,6 +13,10 @@
 //! Shutdown: on the signal, workers stop fetching and in-flight jobs get
 //! `worker.shutdown_grace` to finish; whatever is still running then is dropped
 //! and put back on the queue at once, not left for orphan recovery.
+//!
+//! Supervision: a queue's consumer that dies on a backend error (the database
+//! was away) is restarted with a backoff, its running jobs first put back on
+//! the queue; see [`Consumer`].
 
 pub mod delivery;
 pub mod maintenance;
@@ -24,9 +28,10 @@ use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
 use apalis_postgres::{PostgresStorage, Pubsub};
 use apalis_sqlite::SqliteStorage;
+use backon::BackoffBuilder;
 use microclaw_jobs::{DeliveryJob, Job, TurnJob};
 
-use crate::{deployment::Deployment, store::Store};
+use crate::{deployment::Deployment, roles::Shutdown, store::Store};
 
 /// Heartbeat every quarter of the recovery window; dead after three missed beats.
 fn heartbeat(recovery_window: Duration) -> Duration {
@@ -98,16 +103,11 @@ macro_rules! register_queue {
     }};
 }
 
-/// Runs the workers until `shutdown` resolves, then drains within the grace period.
-pub async fn run(
-    deployment: Arc<Deployment>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Runs the workers until `shutdown`, then drains within the grace period.
+pub async fn run(deployment: Arc<Deployment>, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = &deployment.settings.worker;
     let store = deployment.store.clone();
     let id = worker_id();
-    let turn_name = format!("{id}-turns");
-    let delivery_name = format!("{id}-deliveries");
     tracing::info!(worker = %id, backend = store.backend(), "worker starting");
 
     let turn_context = turn::TurnContext {
@@ -120,45 +120,163 @@ pub async fn run(
         deployment.settings.worker.clone(),
         deployment.settings.delivery.max_attempts,
     ));
-    let monitor = Monitor::new();
-    let monitor = register_queue!(
-        monitor,
-        store,
-        TurnJob,
-        turn_name.clone(),
-        turn_context,
-        settings.turn_concurrency,
-        turn::run,
-        settings
+    let turns = Consumer {
+        queue: TurnJob::QUEUE,
+        name: format!("{id}-turns"),
+        store: store.clone(),
+        grace: settings.shutdown_grace.0,
+    };
+    let turn_monitor = {
+        let (store, name, settings) = (store.clone(), turns.name.clone(), settings.clone());
+        move || {
+            register_queue!(
+                Monitor::new(),
+                store,
+                TurnJob,
+                name.clone(),
+                turn_context.clone(),
+                settings.turn_concurrency,
+                turn::run,
+                settings
+            )
+        }
+    };
+    let deliveries = Consumer {
+        queue: DeliveryJob::QUEUE,
+        name: format!("{id}-deliveries"),
+        store: store.clone(),
+        grace: settings.shutdown_grace.0,
+    };
+    let delivery_monitor = {
+        let (store, name, settings) = (store.clone(), deliveries.name.clone(), settings.clone());
+        let deployment = deployment.clone();
+        move || {
+            register_queue!(
+                Monitor::new(),
+                store,
+                DeliveryJob,
+                name.clone(),
+                deployment.clone(),
+                settings.delivery_concurrency,
+                delivery::run,
+                settings
+            )
+        }
+    };
+    let (turns_ended, deliveries_ended) = tokio::join!(
+        turns.run(turn_monitor, shutdown.clone()),
+        deliveries.run(delivery_monitor, shutdown),
     );
-    let monitor = register_queue!(
-        monitor,
-        store,
-        DeliveryJob,
-        delivery_name.clone(),
-        deployment.clone(),
-        settings.delivery_concurrency,
-        delivery::run,
-        settings
-    );
-    let result = monitor
-        .shutdown_timeout(settings.shutdown_grace.0)
-        .run_with_signal(async move {
-            shutdown.await;
-            tracing::info!("worker stopping: finishing in-flight jobs");
-            Ok(())
-        })
-        .await;
     maintenance.abort();
-    let returned = store
-        .return_unfinished_jobs(&[turn_name, delivery_name])
-        .await?;
-    if returned > 0 {
-        tracing::warn!(
-            jobs = returned,
-            "in-flight jobs did not finish in time; returned to the queue"
-        );
-    }
+    turns_ended?;
+    deliveries_ended?;
     tracing::info!(worker = %id, "worker stopped");
-    result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
+    Ok(())
+}
+
+/// One queue's consumer: an apalis monitor with one worker on the queue, kept
+/// running until shutdown.
+///
+/// apalis ends a worker for good when its backend fails (a fetch or a
+/// heartbeat while the database is away, a pool that timed out), and the
+/// process would go on without consuming that queue. So each queue runs in its
+/// own monitor, and a monitor that ends before shutdown is rebuilt after a
+/// backoff ([`queue_restart_waits`]), once the jobs its worker was running (their
+/// futures died with it) are back on the queue. A consumer that has run for a
+/// while starts its backoff over.
+struct Consumer {
+    queue: &'static str,
+    /// The apalis worker name, kept across restarts: jobs locked by it are ours.
+    name: String,
+    store: Store,
+    grace: Duration,
+}
+
+/// Backoff between restarts of a queue consumer.
+fn queue_restart_waits() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(15))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// A consumer that ran this long before it died starts its backoff over.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+impl Consumer {
+    async fn run(self, monitor: impl Fn() -> Monitor, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut waits = queue_restart_waits();
+        loop {
+            let started = tokio::time::Instant::now();
+            let (signal, queue) = (shutdown.clone(), self.queue);
+            // With a shutdown timeout the monitor ends when its worker ends,
+            // whether by the signal or by an error (which apalis logs).
+            let _ = monitor()
+                .shutdown_timeout(self.grace)
+                .run_with_signal(async move {
+                    signal.wait().await;
+                    tracing::info!(queue, "worker stopping: finishing in-flight jobs");
+                    Ok(())
+                })
+                .await;
+            if shutdown.is_triggered() {
+                return self.return_unfinished_at_shutdown().await;
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                waits = queue_restart_waits();
+            }
+            crate::metrics::queue_consumer_restart(self.queue);
+            tracing::error!(
+                queue = self.queue,
+                "queue consumer died on a backend error; restarting it once the database answers"
+            );
+            // Restart once the dead worker's jobs are back (the database may
+            // still be away: keep waiting).
+            loop {
+                let wait = waits.next().unwrap_or(Duration::from_secs(15));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.clone().wait() => return self.return_unfinished_at_shutdown().await,
+                }
+                if self.return_unfinished().await.is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// At shutdown, the jobs still running after the grace period go back on
+    /// the queue at once; a pool that is busy for a moment gets a few tries.
+    async fn return_unfinished_at_shutdown(&self) -> anyhow::Result<()> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.return_unfinished().await {
+                Err(_) if tries < 3 => tokio::time::sleep(Duration::from_millis(500)).await,
+                ended => return ended,
+            }
+        }
+    }
+
+    /// Puts the jobs this consumer's worker was running back on the queue.
+    async fn return_unfinished(&self) -> anyhow::Result<()> {
+        let returned = self
+            .store
+            .return_unfinished_jobs(std::slice::from_ref(&self.name))
+            .await
+            .map_err(|e| {
+                tracing::warn!(queue = self.queue, error = %e, "could not return unfinished jobs to the queue");
+                e
+            })?;
+        if returned > 0 {
+            tracing::warn!(
+                queue = self.queue,
+                jobs = returned,
+                "unfinished jobs returned to the queue"
+            );
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@ use microclaw::store::{MemoryWrite, PendingEvent, Release, TurnCommit, TurnRecor
 
 use crate::{
     fakes::ModelFault,
-    helpers::{Backend, TestApp, TestConfig, TestMessage},
+    helpers::{Backend, TestApp, TestConfig, TestMessage, postgres_base},
 };
 
 #[tokio::test]
@@ -346,3 +346,54 @@ async fn a_session_that_lost_its_turn_job_is_swept_and_answered(backend: Backend
 }
 
 crate::on_both_backends!(a_session_that_lost_its_turn_job_is_swept_and_answered);
+
+/// The database goes away (what a Postgres restart or a failover does to the
+/// deployment): every connection is cut and new ones are refused for a while.
+/// The worker's queue consumers come back by themselves once it is back, and
+/// later messages are answered without restarting anything.
+#[tokio::test]
+async fn the_worker_keeps_consuming_after_the_database_was_away() {
+    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    let first = TestMessage::direct("away-1", "rosa", "rosa:before");
+    assert_eq!(app.post_message(&first).await.status(), 200);
+    app.wait_for_replies(1, Duration::from_secs(15)).await;
+
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    let database = &app.db.name;
+    for statement in [
+        format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false"),
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    // Long enough for the consumers' fetches and heartbeats to fail.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+
+    let second = TestMessage::direct("away-2", "rosa", "rosa:after");
+    let mut status = 0;
+    for _ in 0..40 {
+        status = app.post_message(&second).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(status, 200, "the receiver records again");
+    let replies = app.wait_for_replies(2, Duration::from_secs(30)).await;
+    assert_eq!(replies.len(), 2);
+    app.drain(Duration::from_secs(10)).await;
+    app.stop().await;
+}
