@@ -78,6 +78,33 @@ async fn bad_input_gets_the_right_4xx_and_enqueues_nothing(backend: Backend) {
     let oversized = app.post_signed(CONNECTOR, &huge, "wh-5", now).await;
     assert_refused(&app, oversized, 413, "body_too_large").await;
 
+    // Header limits (hyper's): more than 100 headers, or a head over ~400 KiB.
+    let signed = |webhook_id: &str| {
+        let key = SigningKey::parse(crate::helpers::SECRET).unwrap();
+        app.http
+            .post(&url)
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", now.to_string())
+            .header(
+                "webhook-signature",
+                key.sign(webhook_id, now, body.as_bytes()),
+            )
+            .body(body.clone())
+    };
+    let mut many = signed("wh-8");
+    for i in 0..120 {
+        many = many.header(format!("x-pad-{i}"), "x");
+    }
+    let many = many.send().await.unwrap();
+    assert_eq!(many.status(), 431, "too many headers");
+    let long = signed("wh-9")
+        .header("x-pad", "a".repeat(1024 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 431, "a header too long");
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 0);
+
     // No such connector.
     let unknown = app.post_signed("nope", &body, "wh-6", now).await;
     assert_refused(&app, unknown, 404, "unknown_connector").await;
