@@ -35,6 +35,34 @@ async fn a_delivery_that_fails_permanently_is_dead_with_its_history(backend: Bac
     app.stop().await;
 }
 
+/// Deliveries never follow redirects: a platform endpoint (or whoever took it
+/// over) cannot bounce a signed reply to another address, private or not.
+#[tokio::test]
+async fn a_redirecting_callback_is_not_followed() {
+    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    app.platform.set_mode(PlatformMode::Redirect(307));
+    app.post_message(&TestMessage::direct("r1", "vera", "vera:hi"))
+        .await;
+    app.wait_until(
+        "SELECT count(*) FROM deliveries WHERE status = 'dead'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.platform.redirected(),
+        0,
+        "the redirect was not followed"
+    );
+    // A redirect may be a platform's maintenance: retried, at the same address.
+    let attempts = app.count("SELECT count(*) FROM delivery_attempts").await;
+    assert_eq!(app.platform.requests() as i64, attempts);
+    let last_error = app.strings("SELECT last_error FROM deliveries").await;
+    assert!(last_error[0].contains("307"), "{last_error:?}");
+    app.stop().await;
+}
+
 async fn transient_failures_are_retried_until_the_attempts_run_out(backend: Backend) {
     let app = TestApp::spawn_with_worker(TestConfig {
         backend,

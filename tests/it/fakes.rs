@@ -426,6 +426,9 @@ pub enum PlatformMode {
     Accept,
     /// HTTP status, with an optional Retry-After in seconds.
     Fail(u16, Option<u64>),
+    /// A redirect with this status to `/elsewhere` on the same server, which
+    /// counts what reaches it.
+    Redirect(u16),
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +446,8 @@ struct PlatformState {
     replies: Vec<ReceivedReply>,
     requests: usize,
     bad_signatures: usize,
+    /// Requests that followed a redirect to `/elsewhere`.
+    redirected: usize,
 }
 
 /// The other end of the custom channel: verifies each reply's signature and
@@ -462,9 +467,19 @@ impl FakePlatform {
             replies: Vec::new(),
             requests: 0,
             bad_signatures: 0,
+            redirected: 0,
         }));
         let router = Router::new()
             .route("/replies", post(receive))
+            .route(
+                "/elsewhere",
+                axum::routing::any(
+                    |State(state): State<Arc<Mutex<PlatformState>>>| async move {
+                        state.lock().unwrap().redirected += 1;
+                        StatusCode::OK
+                    },
+                ),
+            )
             .with_state(state.clone());
         let address = serve(router).await;
         FakePlatform {
@@ -495,6 +510,10 @@ impl FakePlatform {
 
     pub fn bad_signatures(&self) -> usize {
         self.state.lock().unwrap().bad_signatures
+    }
+
+    pub fn redirected(&self) -> usize {
+        self.state.lock().unwrap().redirected
     }
 }
 
@@ -541,6 +560,11 @@ async fn receive(
                 None => (status, "refused").into_response(),
             }
         }
+        PlatformMode::Redirect(status) => (
+            StatusCode::from_u16(status).unwrap(),
+            [("location", "/elsewhere")],
+        )
+            .into_response(),
     }
 }
 
