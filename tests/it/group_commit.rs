@@ -177,3 +177,91 @@ async fn a_failed_batch_answers_every_member_with_503(backend: Backend) {
 }
 
 crate::on_both_backends!(a_failed_batch_answers_every_member_with_503);
+
+/// Another receiver records one of a batch's messages between the batch's
+/// duplicate check and its insert (here: a transaction that inserts the event
+/// and holds the table until the batch is waiting on it). The batch notices,
+/// rolls back, and records each member on its own: the raced message is a
+/// duplicate, every other one is accepted once, with its turn job.
+#[tokio::test]
+async fn a_batch_that_loses_a_race_records_each_member_on_its_own() {
+    let app = TestApp::spawn(TestConfig {
+        receiver_extra: WIDE_WINDOW,
+        ..TestConfig::default()
+    })
+    .await;
+    let seed = TestMessage::direct("gc-seed", "rita", "seed");
+    assert_eq!(app.post_message(&seed).await.status(), 200);
+
+    let mut rival = app.pg().begin().await.unwrap();
+    sqlx::query("LOCK TABLE inbound_events IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *rival)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO inbound_events
+            (id, connector_id, channel, platform_message_id, session_id, seq, sender_id,
+             sender_name, conversation_id, thread_id, is_group, text, attachments, sent_at,
+             trace_id, identity_id)
+         SELECT gen_random_uuid(), connector_id, channel, 'gc-race', session_id, seq + 1000,
+                sender_id, sender_name, conversation_id, thread_id, is_group, 'raced',
+                attachments, sent_at, trace_id, identity_id
+           FROM inbound_events WHERE platform_message_id = 'gc-seed'",
+    )
+    .execute(&mut *rival)
+    .await
+    .unwrap();
+
+    let mut messages: Vec<TestMessage> = (0..4)
+        .map(|i| TestMessage::direct(&format!("gc-r{i}"), &format!("person-{i}"), "hi"))
+        .collect();
+    messages.push(TestMessage::direct("gc-race", "rita", "raced"));
+    let mut answers = post_all(&app, &messages);
+    // The batch checks for duplicates and then waits to insert.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), answers.next())
+            .await
+            .is_err(),
+        "nothing is answered while the batch waits"
+    );
+    rival.commit().await.unwrap();
+
+    let answers: Vec<(u16, Value)> = answers.collect().await;
+    let mut statuses: Vec<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["status"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["accepted", "accepted", "accepted", "accepted", "duplicate"]
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM inbound_events WHERE platform_message_id = 'gc-race'")
+            .await,
+        1
+    );
+    for i in 0..4 {
+        assert_eq!(
+            app.count(&format!(
+                "SELECT count(*) FROM inbound_events e
+                   JOIN apalis.jobs j ON j.idempotency_key = 'turn:' || e.id::text
+                  WHERE e.platform_message_id = 'gc-r{i}'"
+            ))
+            .await,
+            1,
+            "gc-r{i} is recorded once, with its job"
+        );
+    }
+    let fallbacks = app
+        .count("SELECT count(DISTINCT xmin::text) FROM inbound_events WHERE platform_message_id LIKE 'gc-r_'")
+        .await;
+    assert_eq!(
+        fallbacks, 4,
+        "each member was recorded in a transaction of its own"
+    );
+    app.stop().await;
+}
