@@ -300,3 +300,63 @@ async fn the_page_is_served_with_a_strict_content_policy() {
     assert!(!html.contains("innerHTML"));
     app.stop().await;
 }
+
+/// Many appends to one visitor's mailbox at once (the visitor writing while
+/// replies are delivered) and a reader polling with its cursor all along: the
+/// reader sees every row, none skipped, none twice. (A row numbered at insert
+/// but committed after a higher number would be skipped by the cursor; the
+/// appends of one visitor take turns.)
+async fn a_polling_reader_misses_nothing_while_many_appends_race(backend: Backend) {
+    let app = web_chat_app(backend).await;
+    let store = app.deployment.store.clone();
+    const APPENDS: usize = 200;
+    let writers: Vec<_> = (0..APPENDS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let role = if i % 2 == 0 { "user" } else { "assistant" };
+                store
+                    .webchat_append(
+                        WEB_CHAT,
+                        "racer",
+                        role,
+                        &format!("k{i}"),
+                        &format!("text {i}"),
+                    )
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < APPENDS && std::time::Instant::now() < deadline {
+        for message in store
+            .webchat_messages(WEB_CHAT, "racer", cursor, 500)
+            .await
+            .unwrap()
+        {
+            cursor = message.seq;
+            seen.push(message.key);
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Whatever committed after the reader's last look.
+    for message in store
+        .webchat_messages(WEB_CHAT, "racer", cursor, 500)
+        .await
+        .unwrap()
+    {
+        seen.push(message.key);
+    }
+    let mut keys = seen.clone();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), seen.len(), "a row was read twice");
+    assert_eq!(seen.len(), APPENDS, "the reader's cursor skipped rows");
+    app.stop().await;
+}
+crate::on_both_backends!(a_polling_reader_misses_nothing_while_many_appends_race);
