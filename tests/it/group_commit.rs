@@ -265,3 +265,61 @@ async fn a_batch_that_loses_a_race_records_each_member_on_its_own() {
     );
     app.stop().await;
 }
+
+/// Two batches written at the same time by two writers, with the same two
+/// first-time senders in opposite orders: each batch creates the accounts (and
+/// upserts the sessions) in sender order, not arrival order, so the two cannot
+/// deadlock and every message is accepted.
+#[tokio::test]
+async fn concurrent_batches_with_the_same_new_senders_do_not_deadlock() {
+    let app = TestApp::spawn(TestConfig {
+        receiver_extra: "[receiver.group_commit]
+max_batch = 2
+max_wait = \"500ms\"
+max_in_flight = 2",
+        ..TestConfig::default()
+    })
+    .await;
+    // Hold the accounts table so both batches are formed and waiting before
+    // either creates an account.
+    let mut holder = app.pg().begin().await.unwrap();
+    sqlx::query("LOCK TABLE accounts IN EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let arrivals = [
+        ("dl-a1", "sam"),
+        ("dl-a2", "tess"),
+        ("dl-b1", "tess"),
+        ("dl-b2", "sam"),
+    ];
+    let mut answers = futures::stream::FuturesOrdered::new();
+    for (id, sender) in arrivals {
+        let message = TestMessage::direct(id, sender, "hi");
+        let app = &app;
+        answers.push_back(async move {
+            let response = app.post_message(&message).await;
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        });
+        // Arrive in this order: a1 and a2 make one batch, b1 and b2 the next.
+        let _ = tokio::time::timeout(Duration::from_millis(100), answers.next()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(300), answers.next()).await;
+    holder.commit().await.unwrap();
+    let answers: Vec<(u16, Value)> = answers.collect().await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["status"], "accepted", "{body}");
+    }
+    assert_eq!(answers.len(), 4);
+    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 4);
+    let transactions = app
+        .count("SELECT count(DISTINCT xmin::text) FROM inbound_events")
+        .await;
+    assert_eq!(transactions, 2, "two batches");
+    app.stop().await;
+}
