@@ -20,6 +20,7 @@ use crate::{
 
 pub const CUSTOM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const ADMIN_TOKEN: &str = "faults-admin-token-0123456789";
+const MODEL_KEY: &str = "sk-faults-model-key-4b1d";
 pub const APOLOGY: &str = "Sorry, the faults suite could not answer.";
 
 /// What a scenario changes in the configuration.
@@ -75,7 +76,7 @@ token_env = "FAULTS_ADMIN_TOKEN"
 scope = "operate"
 
 [log]
-level = "warn"
+level = "info"
 
 [models.primary]
 provider = "openai"
@@ -264,7 +265,7 @@ impl Cluster {
             .env_remove("DATABASE_URL")
             .env_remove("MICROCLAW_CONFIG")
             .env_remove("RUST_LOG")
-            .env("FAULTS_MODEL_KEY", "sk-faults")
+            .env("FAULTS_MODEL_KEY", MODEL_KEY)
             .env("FAULTS_CUSTOM_SECRET", CUSTOM_SECRET)
             .env("FAULTS_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -397,8 +398,27 @@ impl Cluster {
         max
     }
 
-    pub async fn stop(mut self) {
+    /// Stops every process; then what their logs say that they must not: a
+    /// panic, or any of the secrets the processes were given.
+    pub async fn stop(mut self) -> Vec<String> {
         self.terminate_all().await;
+        let secrets = [CUSTOM_SECRET, ADMIN_TOKEN, MODEL_KEY];
+        let mut findings = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if let Some(line) = text.lines().find(|l| l.contains("panicked at")) {
+                findings.push(format!("{name}: {line}"));
+            }
+            if secrets.iter().any(|secret| text.contains(secret)) {
+                findings.push(format!("{name} holds a secret"));
+            }
+        }
+        findings
     }
 
     /// An admin API call with the operator token.

@@ -147,7 +147,7 @@ impl Run {
         if self.platform.unreadable() > 0 {
             failed_checks.push(format!("{} unreadable replies", self.platform.unreadable()));
         }
-        self.cluster.stop().await;
+        failed_checks.extend(self.cluster.stop().await);
         Ok(Row {
             scenario,
             verdict,
