@@ -78,7 +78,19 @@ def allowed(expression):
     return value
 
 
+def self_check():
+    """The evaluator itself: a broken one would let anything through."""
+    for expression, expected in [
+        ("MIT", True), ("GPL-3.0", False), ("MIT OR GPL-3.0", True),
+        ("MIT AND GPL-3.0", False), ("(MIT OR Apache-2.0) AND Unicode-3.0", True),
+        ("GPL-2.0 WITH Classpath-exception-2.0", False), ("Apache-2.0/MIT", True),
+    ]:
+        if allowed(expression) != expected:
+            raise SystemExit(f"licenses.py is broken: {expression!r} should be {expected}")
+
+
 def main():
+    self_check()
     failures = []
     checked = set()
     for manifest in ["Cargo.toml", "fuzz/Cargo.toml"]:

@@ -26,13 +26,11 @@ use crate::{
 };
 
 /// What became of one message.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Sent {
     pub session: u32,
     pub seq: u32,
     pub acknowledged: bool,
-    /// Tries until it was acknowledged (or given up).
-    pub tries: u32,
 }
 
 /// An interval during which nothing may be acknowledged.
@@ -156,9 +154,7 @@ impl Traffic {
         let id = message_id(session, seq);
         let started = Instant::now();
         let mut pause = Duration::from_millis(200);
-        let mut tries = 0;
         let acknowledged = loop {
-            tries += 1;
             if self
                 .post(session, seq, text)
                 .await
@@ -176,9 +172,8 @@ impl Traffic {
         let entry = log.sent.entry(id).or_insert_with(|| Sent {
             session,
             seq,
-            ..Sent::default()
+            acknowledged: false,
         });
-        entry.tries += tries;
         entry.acknowledged |= acknowledged;
         acknowledged
     }

@@ -90,6 +90,12 @@ impl Suite {
 }
 
 impl Run {
+    /// The steady traffic every scenario breaks things under, in the background.
+    fn steady_load(&self) -> tokio::task::JoinHandle<()> {
+        let traffic = self.traffic.clone();
+        tokio::spawn(async move { traffic.run(SESSIONS, RATE, LOAD, plain).await })
+    }
+
     /// The messages whose reply the admin queue shows as dead.
     async fn dead(&self) -> anyhow::Result<Failures> {
         let mut failures = Failures::default();
@@ -163,8 +169,7 @@ async fn worker_kills(suite: &mut Suite) -> anyhow::Result<Row> {
     let mut run = Suite::start("worker_kills", Tuning::default(), suite).await?;
     // Turns long enough for kills to land in them.
     run.model.set_latency(Duration::from_millis(800));
-    let traffic = run.traffic.clone();
-    let load = tokio::spawn(async move { traffic.run(SESSIONS, RATE, LOAD, plain).await });
+    let load = run.steady_load();
     let mut kills = 0;
     while !load.is_finished() {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -199,8 +204,7 @@ async fn worker_kills(suite: &mut Suite) -> anyhow::Result<Row> {
 async fn postgres_restart(suite: &mut Suite) -> anyhow::Result<Row> {
     let started = Instant::now();
     let run = Suite::start("postgres_restart", Tuning::default(), suite).await?;
-    let traffic = run.traffic.clone();
-    let load = tokio::spawn(async move { traffic.run(SESSIONS, RATE, LOAD, plain).await });
+    let load = run.steady_load();
     tokio::time::sleep(Duration::from_secs(6)).await;
     suite.postgres.stop("immediate").await?;
     run.traffic.outage_begins();
@@ -221,8 +225,7 @@ async fn postgres_restart(suite: &mut Suite) -> anyhow::Result<Row> {
 async fn redis_restart(suite: &mut Suite) -> anyhow::Result<Row> {
     let started = Instant::now();
     let run = Suite::start("redis_restart", Tuning::default(), suite).await?;
-    let traffic = run.traffic.clone();
-    let load = tokio::spawn(async move { traffic.run(SESSIONS, RATE, LOAD, plain).await });
+    let load = run.steady_load();
     tokio::time::sleep(Duration::from_secs(6)).await;
     suite.redis.kill().await;
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -299,8 +302,7 @@ async fn model_faults(suite: &mut Suite) -> anyhow::Result<Row> {
     let started = Instant::now();
     let run = Suite::start("model_faults", Tuning::default(), suite).await?;
     run.model.set_mode(ModelMode::Down);
-    let traffic = run.traffic.clone();
-    let load = tokio::spawn(async move { traffic.run(SESSIONS, RATE, LOAD, plain).await });
+    let load = run.steady_load();
     let mut checks = Vec::new();
     tokio::time::sleep(Duration::from_secs(6)).await;
     if run
@@ -316,7 +318,6 @@ async fn model_faults(suite: &mut Suite) -> anyhow::Result<Row> {
     run.model.set_mode(ModelMode::Healthy);
     // A probe after the cool-down closes the breakers again.
     let until = Instant::now() + Duration::from_secs(20);
-    let traffic = run.traffic.clone();
     let mut seq = 1000;
     while run
         .cluster
@@ -329,7 +330,7 @@ async fn model_faults(suite: &mut Suite) -> anyhow::Result<Row> {
             break;
         }
         let id = ledger::message_id(SESSIONS, seq);
-        traffic
+        run.traffic
             .deliver(SESSIONS, seq, &plain(&id), Duration::from_secs(10))
             .await;
         seq += 1;
@@ -451,8 +452,7 @@ async fn poison(suite: &mut Suite) -> anyhow::Result<Row> {
 async fn terminate_all(suite: &mut Suite) -> anyhow::Result<Row> {
     let started = Instant::now();
     let mut run = Suite::start("terminate_all", Tuning::default(), suite).await?;
-    let traffic = run.traffic.clone();
-    let load = tokio::spawn(async move { traffic.run(SESSIONS, RATE, LOAD, plain).await });
+    let load = run.steady_load();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut checks = Vec::new();
     for (name, status) in run.cluster.terminate_all().await {

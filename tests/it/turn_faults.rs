@@ -394,6 +394,27 @@ async fn the_worker_keeps_consuming_after_the_database_was_away() {
     assert_eq!(status, 200, "the receiver records again");
     let replies = app.wait_for_replies(2, Duration::from_secs(30)).await;
     assert_eq!(replies.len(), 2);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let restarts = |queue: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("microclaw_queue_consumer_restarts_total")
+                    && l.contains(&format!("queue=\"{queue}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(restarts("microclaw.turns") >= 1.0, "{metrics}");
+    assert!(restarts("microclaw.deliveries") >= 1.0, "{metrics}");
     app.drain(Duration::from_secs(10)).await;
     app.stop().await;
 }
