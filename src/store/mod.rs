@@ -789,11 +789,18 @@ impl Store {
         })
     }
 
-    /// Puts the unfinished jobs of the named queue workers back on their queues.
-    pub async fn return_unfinished_jobs(&self, workers: &[String]) -> Result<u64, StoreError> {
+    /// Puts the unfinished jobs of the named queue workers back on their queues,
+    /// but for those (queue ids) in `still_running`.
+    pub async fn return_unfinished_jobs(
+        &self,
+        workers: &[String],
+        still_running: &[String],
+    ) -> Result<u64, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::return_unfinished(pool, workers).await,
-            Store::Sqlite(pool) => sqlite::return_unfinished(pool, workers).await,
+            Store::Postgres(pool) => {
+                postgres::return_unfinished(pool, workers, still_running).await
+            }
+            Store::Sqlite(pool) => sqlite::return_unfinished(pool, workers, still_running).await,
         }
     }
 }

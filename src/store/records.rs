@@ -161,6 +161,10 @@ pub struct TurnRecord<'a> {
     pub deliveries: Vec<PlannedDelivery>,
     pub delivery_max_attempts: u32,
     pub lease_ttl: Duration,
+    /// When the first part of each delivery is due in the queue: now (`None`),
+    /// or later when this worker makes the first attempt itself
+    /// (`worker::first_attempt`).
+    pub first_delivery_after: Option<Duration>,
     /// Memory the turn's tools wrote; committed with the turn.
     pub memory_writes: &'a [MemoryWrite],
     /// Messages the turn's tools scheduled for later.
@@ -193,9 +197,10 @@ pub struct PlannedDelivery {
     pub parts: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnCommit {
-    Committed,
+    /// With the job of the first part of each delivery the turn queued.
+    Committed(Vec<microclaw_jobs::DeliveryJob>),
     /// The lease was lost: another worker owns the session, nothing was written.
     Fenced,
 }

@@ -36,6 +36,16 @@ pub async fn run(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
+    let result = run_claimed(&deployment, &job).await;
+    if result.is_err() {
+        super::back_off(attempt.current()).await;
+    }
+    result
+}
+
+/// One attempt of `job`, for the queue's consumer or for the worker that
+/// claimed the job itself (`first_attempt`); an error is logged here.
+pub async fn run_claimed(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {
     let span = tracing::info_span!(
         "delivery",
         trace_id = %job.trace_id,
@@ -43,10 +53,9 @@ pub async fn run(
         attempt = job.attempt
     );
     crate::telemetry::continue_trace(&span, &job.trace_id);
-    let result = deliver(&deployment, &job).instrument(span).await;
+    let result = deliver(deployment, job).instrument(span).await;
     if let Err(e) = &result {
         tracing::error!(trace_id = %job.trace_id, delivery_id = %job.delivery_id, error = %e, "delivery job failed; the queue retries it");
-        super::back_off(attempt.current()).await;
     }
     result
 }

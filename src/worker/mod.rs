@@ -1,9 +1,10 @@
 //! The worker role: runs turn and delivery jobs from the store's queue.
 //!
-//! Pickup latency: on Postgres each queue listens on NOTIFY (apalis' insert
-//! trigger), so a new job starts within milliseconds; delayed jobs (delivery
-//! retries) are found by a poll every `worker.poll_interval`. The embedded SQLite
-//! store (one process) polls every `worker.poll_interval`.
+//! Pickup latency: on Postgres a new job wakes its queue's consumer by NOTIFY
+//! (one listener per process, see [`wakeups`]), so it starts within
+//! milliseconds; delayed jobs (delivery retries) are found by a poll every
+//! `worker.poll_interval`. The embedded SQLite store (one process) polls every
+//! `worker.poll_interval`.
 //!
 //! Recovery: every worker heartbeats every quarter of `worker.recovery_window` and
 //! is taken for dead after three missed beats; live workers then put its jobs back
@@ -14,19 +15,25 @@
 //! `worker.shutdown_grace` to finish; whatever is still running then is dropped
 //! and put back on the queue at once, not left for orphan recovery.
 //!
+//! First delivery attempts: on Postgres the worker that commits a turn makes
+//! its reply's first delivery attempt itself, the queued job being the
+//! fallback; see [`first_attempt`].
+//!
 //! Supervision: a queue's consumer that dies on a backend error (the database
 //! was away) is restarted with a backoff, its running jobs first put back on
 //! the queue; see [`Consumer`].
 
 pub mod delivery;
+pub mod first_attempt;
 pub mod maintenance;
 pub mod turn;
+pub mod wakeups;
 
 use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
-use apalis_postgres::{PostgresStorage, Pubsub};
+use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use backon::BackoffBuilder;
 use microclaw_jobs::{DeliveryJob, Job, TurnJob};
@@ -58,8 +65,9 @@ pub fn worker_id() -> String {
 
 /// Registers one apalis worker for `$job` on `$monitor`, on the deployment's backend.
 macro_rules! register_queue {
-    ($monitor:expr, $store:expr, $job:ty, $name:expr, $data:expr, $concurrency:expr, $handler:path, $settings:expr) => {{
+    ($monitor:expr, $store:expr, $wakeups:expr, $job:ty, $name:expr, $data:expr, $concurrency:expr, $handler:path, $settings:expr) => {{
         let name: String = $name;
+        let wakeups: Option<Arc<wakeups::QueueWakeups>> = $wakeups;
         let data = $data;
         let concurrency: usize = $concurrency;
         let beat = heartbeat($settings.recovery_window.0);
@@ -72,9 +80,11 @@ macro_rules! register_queue {
                     .heartbeat_interval(beat)
                     .batch_size(batch);
                 config.missed_heartbeats = MISSED_HEARTBEATS;
-                let strategy = Strategy::new()
-                    .stream(Pubsub::new(pool.clone(), <$job>::QUEUE.to_owned()))
-                    .interval(poll);
+                let mut strategy = Strategy::new();
+                if let Some(wakeups) = &wakeups {
+                    strategy = strategy.stream(wakeups.subscribe(<$job>::QUEUE));
+                }
+                let strategy = strategy.interval(poll);
                 let backend = PostgresStorage::<$job>::new(&pool)
                     .with_config(config)
                     .poll_with_strategy(strategy);
@@ -110,9 +120,22 @@ pub async fn run(deployment: Arc<Deployment>, shutdown: Shutdown) -> anyhow::Res
     let id = worker_id();
     tracing::info!(worker = %id, backend = store.backend(), "worker starting");
 
+    let deliveries_name = format!("{id}-deliveries");
+    let (wakeups, first_attempts) = match &store {
+        Store::Postgres(pool) => (
+            Some(Arc::new(wakeups::QueueWakeups::listen(pool.clone()))),
+            Some(Arc::new(first_attempt::FirstAttempts::new(
+                pool.clone(),
+                deliveries_name.clone(),
+                settings.delivery_concurrency,
+            ))),
+        ),
+        Store::Sqlite(_) => (None, None),
+    };
     let turn_context = turn::TurnContext {
         deployment: deployment.clone(),
         worker_id: id.clone(),
+        first_attempts: first_attempts.clone(),
     };
     let maintenance = tokio::spawn(maintenance::run(
         store.clone(),
@@ -125,13 +148,16 @@ pub async fn run(deployment: Arc<Deployment>, shutdown: Shutdown) -> anyhow::Res
         name: format!("{id}-turns"),
         store: store.clone(),
         grace: settings.shutdown_grace.0,
+        first_attempts: None,
     };
     let turn_monitor = {
         let (store, name, settings) = (store.clone(), turns.name.clone(), settings.clone());
+        let wakeups = wakeups.clone();
         move || {
             register_queue!(
                 Monitor::new(),
                 store,
+                wakeups.clone(),
                 TurnJob,
                 name.clone(),
                 turn_context.clone(),
@@ -143,17 +169,20 @@ pub async fn run(deployment: Arc<Deployment>, shutdown: Shutdown) -> anyhow::Res
     };
     let deliveries = Consumer {
         queue: DeliveryJob::QUEUE,
-        name: format!("{id}-deliveries"),
+        name: deliveries_name,
         store: store.clone(),
         grace: settings.shutdown_grace.0,
+        first_attempts: first_attempts.clone(),
     };
     let delivery_monitor = {
         let (store, name, settings) = (store.clone(), deliveries.name.clone(), settings.clone());
         let deployment = deployment.clone();
+        let wakeups = wakeups.clone();
         move || {
             register_queue!(
                 Monitor::new(),
                 store,
+                wakeups.clone(),
                 DeliveryJob,
                 name.clone(),
                 deployment.clone(),
@@ -163,13 +192,25 @@ pub async fn run(deployment: Arc<Deployment>, shutdown: Shutdown) -> anyhow::Res
             )
         }
     };
-    let (turns_ended, deliveries_ended) = tokio::join!(
+    let grace = settings.shutdown_grace.0;
+    let (turns_ended, deliveries_ended, ()) = tokio::join!(
         turns.run(turn_monitor, shutdown.clone()),
-        deliveries.run(delivery_monitor, shutdown),
+        deliveries.run(delivery_monitor, shutdown.clone()),
+        async {
+            if let Some(first_attempts) = &first_attempts {
+                shutdown.wait().await;
+                first_attempts.finish(grace).await;
+            }
+        },
     );
     maintenance.abort();
     turns_ended?;
     deliveries_ended?;
+    if first_attempts.is_some() {
+        // First attempts cancelled after the grace period left their jobs
+        // claimed; those go back on the queue now.
+        deliveries.return_unfinished_at_shutdown().await?;
+    }
     tracing::info!(worker = %id, "worker stopped");
     Ok(())
 }
@@ -190,9 +231,13 @@ struct Consumer {
     name: String,
     store: Store,
     grace: Duration,
+    /// First delivery attempts running outside the consumer, whose jobs it
+    /// leaves alone (the delivery queue on Postgres).
+    first_attempts: Option<Arc<first_attempt::FirstAttempts>>,
 }
 
-/// Backoff between restarts of a queue consumer.
+/// Backoff between restarts of a queue consumer (and reconnections of the
+/// queue listener, see [`wakeups`]).
 fn queue_restart_waits() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -206,7 +251,7 @@ fn queue_restart_waits() -> impl Iterator<Item = Duration> {
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 impl Consumer {
-    async fn run(self, monitor: impl Fn() -> Monitor, shutdown: Shutdown) -> anyhow::Result<()> {
+    async fn run(&self, monitor: impl Fn() -> Monitor, shutdown: Shutdown) -> anyhow::Result<()> {
         let mut waits = queue_restart_waits();
         loop {
             let started = tokio::time::Instant::now();
@@ -260,11 +305,19 @@ impl Consumer {
         }
     }
 
-    /// Puts the jobs this consumer's worker was running back on the queue.
+    /// Puts the jobs this consumer's worker was running back on the queue (but
+    /// for those whose first attempt runs outside it).
     async fn return_unfinished(&self) -> anyhow::Result<()> {
+        let (_claims_held, running_elsewhere) = match &self.first_attempts {
+            Some(first_attempts) => {
+                let (guard, running) = first_attempts.hold_claims().await;
+                (Some(guard), running)
+            }
+            None => (None, Vec::new()),
+        };
         let returned = self
             .store
-            .return_unfinished_jobs(std::slice::from_ref(&self.name))
+            .return_unfinished_jobs(std::slice::from_ref(&self.name), &running_elsewhere)
             .await
             .map_err(|e| {
                 tracing::warn!(queue = self.queue, error = %e, "could not return unfinished jobs to the queue");

@@ -43,6 +43,8 @@ pub struct TurnContext {
     pub deployment: Arc<Deployment>,
     /// Names this worker process in lease owners.
     pub worker_id: String,
+    /// Where committed replies get their first delivery attempt here (Postgres).
+    pub first_attempts: Option<Arc<super::first_attempt::FirstAttempts>>,
 }
 
 /// Events answered together at most, in collect mode.
@@ -344,6 +346,10 @@ async fn answer(
     let turn_id = Uuid::now_v7();
     let memory_writes = scope.take_writes();
     let scheduled = scope.take_schedules();
+    let first_attempt = match &context.first_attempts {
+        Some(first_attempts) if !deliveries.is_empty() => first_attempts.slot(),
+        _ => None,
+    };
     let committed = store
         .commit_turn(TurnRecord {
             turn_id,
@@ -361,20 +367,28 @@ async fn answer(
             deliveries,
             delivery_max_attempts: settings.delivery.max_attempts,
             lease_ttl: settings.worker.session_lease.0,
+            first_delivery_after: first_attempt
+                .as_ref()
+                .map(|_| super::first_attempt::FALLBACK_DELAY),
             memory_writes: &memory_writes,
             scheduled: &scheduled,
         })
         .await?;
+    if let (Some(slot), Some(first_attempts), TurnCommit::Committed(jobs)) =
+        (first_attempt, &context.first_attempts, &committed)
+    {
+        first_attempts.start(slot, deployment.clone(), jobs.clone());
+    }
     crate::metrics::turn(
         agent_name,
-        match (committed, &error) {
+        match (&committed, &error) {
             (TurnCommit::Fenced, _) => "fenced",
-            (TurnCommit::Committed, Some(_)) => "failed",
-            (TurnCommit::Committed, None) => "completed",
+            (TurnCommit::Committed(_), Some(_)) => "failed",
+            (TurnCommit::Committed(_), None) => "completed",
         },
         (Utc::now() - started_at).to_std().unwrap_or_default(),
     );
-    if committed == TurnCommit::Committed {
+    if matches!(committed, TurnCommit::Committed(_)) {
         if let Some(analytics) = &deployment.analytics {
             analytics.record(turn_event(
                 TurnFacts {

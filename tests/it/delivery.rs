@@ -37,6 +37,48 @@ async fn a_delivery_that_fails_permanently_is_dead_with_its_history(backend: Bac
 
 /// Deliveries never follow redirects: a platform endpoint (or whoever took it
 /// over) cannot bounce a signed reply to another address, private or not.
+/// On Postgres the worker that commits a turn makes the reply's first delivery
+/// attempt itself: the queued job (due later, as the fallback) is claimed and
+/// done before it fell due. A retry after a failed first attempt is an
+/// ordinary queue job.
+#[tokio::test]
+async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry() {
+    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    app.post_message(&TestMessage::direct("f1", "fay", "fay:one"))
+        .await;
+    app.wait_for_replies(1, Duration::from_secs(10)).await;
+    app.drain(Duration::from_secs(10)).await;
+    let first_jobs = "SELECT count(*) FROM apalis.jobs
+                       WHERE job_type = 'microclaw.deliveries' AND status = 'Done'
+                         AND done_at < run_at AND lock_by LIKE '%-deliveries'";
+    assert_eq!(
+        app.count(first_jobs).await,
+        1,
+        "claimed and done before it was due"
+    );
+
+    app.platform.script(&[PlatformMode::Fail(503, None)]);
+    app.post_message(&TestMessage::direct("f2", "fay", "fay:two"))
+        .await;
+    app.wait_for_replies(2, Duration::from_secs(15)).await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(app.count(first_jobs).await, 2);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM apalis.jobs
+              WHERE job_type = 'microclaw.deliveries' AND status = 'Done' AND done_at >= run_at"
+        )
+        .await,
+        1,
+        "the retry ran from the queue"
+    );
+    assert_eq!(
+        app.attempt_history().await,
+        ["1:delivered:0", "1:retryable:503", "2:delivered:0"]
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_redirecting_callback_is_not_followed() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;

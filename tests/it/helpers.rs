@@ -146,6 +146,8 @@ pub struct TestConfig {
     pub model_attempts: u32,
     pub model_timeout: &'static str,
     pub recovery_window: &'static str,
+    /// How often workers poll their queues (NOTIFY wakes them between polls).
+    pub poll_interval: &'static str,
     pub session_lease: &'static str,
     pub max_body_bytes: usize,
     /// What the agent uses: a model or a route.
@@ -176,6 +178,7 @@ impl Default for TestConfig {
             model_attempts: 3,
             model_timeout: "1500ms",
             recovery_window: "8s",
+            poll_interval: "200ms",
             session_lease: "3s",
             max_body_bytes: 64 * 1024,
             agent_model: "fake",
@@ -220,7 +223,7 @@ recovery_window = "{window}"
 session_lease = "{lease}"
 turn_concurrency = 8
 delivery_concurrency = 8
-poll_interval = "200ms"
+poll_interval = "{poll_interval}"
 shutdown_grace = "2s"
 turn_mode = "{mode}"
 apology = "Sorry, the model is unavailable."
@@ -273,6 +276,7 @@ callback_url = "{callback}"
             max_body = self.max_body_bytes,
             receiver_extra = self.receiver_extra,
             window = self.recovery_window,
+            poll_interval = self.poll_interval,
             lease = self.session_lease,
             mode = self.turn_mode,
             delivery_attempts = self.delivery_max_attempts,

@@ -172,6 +172,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         deliveries: Vec::new(),
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
+        first_delivery_after: None,
         memory_writes: &writes,
         scheduled: &[],
     };
@@ -184,7 +185,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
     assert_eq!(app.count("SELECT count(*) FROM memories").await, 0);
     assert_eq!(
         store.commit_turn(record(fast)).await.unwrap(),
-        TurnCommit::Committed
+        TurnCommit::Committed(Vec::new())
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM memories").await, 1);

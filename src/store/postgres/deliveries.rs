@@ -168,3 +168,60 @@ pub async fn finish_attempt(
     tx.commit().await?;
     Ok(())
 }
+
+/// A delivery job claimed by a worker outside its queue's consumer
+/// (`worker::first_attempt`).
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// The job's id in the queue.
+    pub queue_id: String,
+    /// The consumer whose name locks it.
+    pub worker: String,
+}
+
+/// Claims `job` in the queue for `worker` (a registered consumer) when it is
+/// still pending, as a consumer's fetch would; None when it is not (a consumer
+/// took it, or it ran).
+pub async fn claim_job(
+    pool: &PgPool,
+    job: &DeliveryJob,
+    worker: &str,
+) -> Result<Option<ClaimedJob>, StoreError> {
+    let queue_id: Option<String> = sqlx::query_scalar(
+        "UPDATE apalis.jobs
+            SET status = 'Running', lock_by = $3, lock_at = now(), attempts = attempts + 1
+          WHERE job_type = $1 AND idempotency_key = $2 AND status = 'Pending'
+          RETURNING id",
+    )
+    .bind(<DeliveryJob as microclaw_jobs::Job>::QUEUE)
+    .bind(job.idempotency_key())
+    .bind(worker)
+    .fetch_optional(pool)
+    .await?;
+    Ok(queue_id.map(|queue_id| ClaimedJob {
+        queue_id,
+        worker: worker.to_owned(),
+    }))
+}
+
+/// Ends a claimed job: done (its attempt ran and recorded its outcome), or back
+/// on the queue, due now (the attempt failed on the store).
+pub async fn settle_claimed(
+    pool: &PgPool,
+    claimed: &ClaimedJob,
+    done: bool,
+) -> Result<(), StoreError> {
+    let statement = if done {
+        "UPDATE apalis.jobs SET status = 'Done', done_at = now()
+          WHERE id = $1 AND lock_by = $2 AND status = 'Running'"
+    } else {
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, run_at = now()
+          WHERE id = $1 AND lock_by = $2 AND status = 'Running'"
+    };
+    sqlx::query(statement)
+        .bind(&claimed.queue_id)
+        .bind(&claimed.worker)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -162,7 +162,7 @@ pub async fn pending_events(
 /// jobs, in one transaction fenced by the lease epoch.
 pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnCommit, StoreError> {
     let (Some(first), Some(last)) = (turn.events.first(), turn.events.last()) else {
-        return Ok(TurnCommit::Committed);
+        return Ok(TurnCommit::Committed(Vec::new()));
     };
     let mut tx = pool.begin().await?;
     // The transcript is looked up here, under the row lock: a merge of this
@@ -297,6 +297,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     )
     .await?;
 
+    let mut first_deliveries = Vec::with_capacity(turn.deliveries.len());
     for planned in &turn.deliveries {
         for (index, text) in planned.parts.iter().enumerate() {
             let delivery_id = Uuid::now_v7();
@@ -321,12 +322,13 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
             // when this one is delivered (see `deliveries::finish_attempt`).
             if index == 0 {
                 let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
-                enqueue_delivery(&mut tx, &job, None).await?;
+                enqueue_delivery(&mut tx, &job, turn.first_delivery_after).await?;
+                first_deliveries.push(job);
             }
         }
     }
     tx.commit().await?;
-    Ok(TurnCommit::Committed)
+    Ok(TurnCommit::Committed(first_deliveries))
 }
 
 pub(super) async fn enqueue_delivery(

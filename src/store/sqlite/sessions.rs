@@ -140,7 +140,7 @@ pub async fn commit_turn(
     turn: TurnRecord<'_>,
 ) -> Result<TurnCommit, StoreError> {
     let (Some(first), Some(last)) = (turn.events.first(), turn.events.last()) else {
-        return Ok(TurnCommit::Committed);
+        return Ok(TurnCommit::Committed(Vec::new()));
     };
     let mut tx = begin_write(pool).await?;
     // The transcript is looked up here, under the row lock: a merge of this
@@ -264,6 +264,7 @@ pub async fn commit_turn(
     )
     .await?;
 
+    let mut first_deliveries = Vec::with_capacity(turn.deliveries.len());
     for planned in &turn.deliveries {
         for (index, text) in planned.parts.iter().enumerate() {
             let delivery_id = Uuid::now_v7();
@@ -292,12 +293,13 @@ pub async fn commit_turn(
                     &job,
                     job.idempotency_key(),
                     crate::store::DELIVERY_JOB_ATTEMPTS,
-                    None,
+                    turn.first_delivery_after,
                 )
                 .await?;
+                first_deliveries.push(job);
             }
         }
     }
     tx.commit().await?;
-    Ok(TurnCommit::Committed)
+    Ok(TurnCommit::Committed(first_deliveries))
 }

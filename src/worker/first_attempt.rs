@@ -1,0 +1,205 @@
+//! A reply's first delivery attempt, started by the worker that committed the
+//! turn instead of a trip through the queue (Postgres).
+//!
+//! The turn's first delivery job is queued with the turn as always (the durable
+//! fallback), but due [`FALLBACK_DELAY`] later, so no consumer is woken for it.
+//! Right after the commit this worker claims that job in the queue, the same row
+//! a consumer would take (status `Running`, locked by this process's delivery
+//! consumer), runs the attempt (`delivery::deliver`, the consumer's code) and
+//! marks the job done as the consumer's ack would. The claim is a conditional
+//! update of a `Pending` job, so an attempt runs here or in a consumer, never in
+//! both:
+//! * a consumer that took the job first (the delay passed) wins: the claim finds
+//!   nothing pending and nothing runs here;
+//! * this process dies mid-attempt: its delivery consumer stops heartbeating and
+//!   the job goes back to the queue after `worker.recovery_window`, as any job it
+//!   held (the attempt reruns: at least once, as after any crash mid-send);
+//! * the claim is not made (store error): the job runs from the queue after the
+//!   delay; the attempt fails on the store: its job goes back on the queue at once
+//!   (or, if the store is away, when the consumer restarts);
+//! * the delivery consumer puts its unfinished jobs back after a database outage:
+//!   it skips the jobs whose attempt is still running here, and no claim is made
+//!   while it does ([`FirstAttempts::hold_claims`]);
+//! * shutdown: attempts get `worker.shutdown_grace`, then are cancelled, and the
+//!   caller puts their jobs back.
+//!
+//! At most `worker.delivery_concurrency` first attempts run at once; when all are
+//! busy the turn queues its delivery due at once and a consumer takes it.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use microclaw_jobs::DeliveryJob;
+use tokio::{
+    sync::{OwnedSemaphorePermit, RwLock, RwLockWriteGuard, Semaphore},
+    task::JoinSet,
+};
+
+use crate::{
+    deployment::Deployment,
+    store::postgres::deliveries::{claim_job, settle_claimed},
+};
+
+/// How long a delivery job whose first attempt runs in the committing worker
+/// waits in the queue before a consumer may take it (when that worker died
+/// before claiming it).
+pub const FALLBACK_DELAY: Duration = Duration::from_secs(2);
+
+/// The first attempts running in this worker process.
+pub struct FirstAttempts {
+    claims: Arc<Claims>,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    /// The attempts' tasks; `None` once cancelled at shutdown.
+    tasks: Mutex<Option<JoinSet<()>>>,
+}
+
+/// What the attempts' tasks share.
+struct Claims {
+    pool: sqlx::PgPool,
+    /// The delivery consumer's apalis worker name: claimed jobs are locked by it.
+    consumer: String,
+    /// Held (shared) by each claim until its job is listed in `running`; held
+    /// alone while the consumer puts its unfinished jobs back.
+    claiming: RwLock<()>,
+    /// Queue ids of the jobs whose attempt runs here now.
+    running: Mutex<HashSet<String>>,
+}
+
+/// A slot for one turn's first attempts, taken before its commit; free again
+/// when dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FirstAttempts {
+    pub fn new(pool: sqlx::PgPool, consumer: String, concurrency: usize) -> Self {
+        Self {
+            claims: Arc::new(Claims {
+                pool,
+                consumer,
+                claiming: RwLock::new(()),
+                running: Mutex::default(),
+            }),
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency: concurrency.max(1),
+            tasks: Mutex::new(Some(JoinSet::new())),
+        }
+    }
+
+    /// A slot when one is free: the turn then queues its deliveries delayed by
+    /// [`FALLBACK_DELAY`] and hands them to [`start`](Self::start) once committed.
+    pub fn slot(&self) -> Option<Slot> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Slot { _permit: permit })
+    }
+
+    /// Runs the first attempt of each of `jobs` (committed with the slot's turn),
+    /// one after the other, in the background.
+    pub fn start(&self, slot: Slot, deployment: Arc<Deployment>, jobs: Vec<DeliveryJob>) {
+        let mut tasks = lock(&self.tasks);
+        // Cancelled at shutdown: the jobs run from the queue after their delay.
+        let (false, Some(tasks)) = (jobs.is_empty(), tasks.as_mut()) else {
+            return;
+        };
+        // Reap the finished ones, so the set holds only what runs.
+        while tasks.try_join_next().is_some() {}
+        let claims = self.claims.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            for job in jobs {
+                claims.attempt(&deployment, &job).await;
+            }
+        });
+    }
+
+    /// For the delivery consumer putting its unfinished jobs back: the queue ids
+    /// of the jobs whose attempt runs here, and a guard that keeps new claims
+    /// waiting until it is dropped (after the jobs were put back).
+    pub async fn hold_claims(&self) -> (RwLockWriteGuard<'_, ()>, Vec<String>) {
+        let guard = self.claims.claiming.write().await;
+        let running = lock(&self.claims.running).iter().cloned().collect();
+        (guard, running)
+    }
+
+    /// At shutdown: no new slots; waits up to `grace` for the slots taken (turns
+    /// committing, attempts running) to come back, then cancels what still runs
+    /// (its jobs are left claimed, for the caller to put back on the queue).
+    pub async fn finish(&self, grace: Duration) {
+        // Waiting for every slot takes each as it comes back, so no new one is
+        // handed out meanwhile; closing keeps it so.
+        let every_slot = self
+            .slots
+            .clone()
+            .acquire_many_owned(self.concurrency as u32);
+        let _ = tokio::time::timeout(grace, every_slot).await;
+        self.slots.close();
+        let Some(mut tasks) = lock(&self.tasks).take() else {
+            return;
+        };
+        while tasks.try_join_next().is_some() {}
+        if !tasks.is_empty() {
+            tracing::warn!(
+                attempts = tasks.len(),
+                "first delivery attempts still running after the grace period; cancelled"
+            );
+            tasks.shutdown().await;
+        }
+    }
+}
+
+impl Claims {
+    async fn attempt(&self, deployment: &Deployment, job: &DeliveryJob) {
+        let claiming = self.claiming.read().await;
+        let claimed = match claim_job(&self.pool, job, &self.consumer).await {
+            Ok(Some(claimed)) => claimed,
+            // A consumer took it first.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not claim the first delivery attempt; the queue runs it");
+                return;
+            }
+        };
+        let _running = Running::mark(&self.running, &claimed.queue_id);
+        drop(claiming);
+        let sent = super::delivery::run_claimed(deployment, job).await;
+        if let Err(e) = settle_claimed(&self.pool, &claimed, sent.is_ok()).await {
+            tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not settle a first delivery attempt's job; the consumer puts it back when it restarts");
+        }
+    }
+}
+
+/// A claimed job listed as running here, for as long as its attempt runs (or
+/// until its task is cancelled).
+struct Running<'a> {
+    running: &'a Mutex<HashSet<String>>,
+    queue_id: String,
+}
+
+impl<'a> Running<'a> {
+    fn mark(running: &'a Mutex<HashSet<String>>, queue_id: &str) -> Self {
+        lock(running).insert(queue_id.to_owned());
+        Self {
+            running,
+            queue_id: queue_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(self.running).remove(&self.queue_id);
+    }
+}
