@@ -16,7 +16,7 @@
 //!   held (the attempt reruns: at least once, as after any crash mid-send);
 //! * the claim is not made (store error): the job runs from the queue after the
 //!   delay; the attempt fails on the store: its job goes back on the queue at once
-//!   (or, if the store is away, when the consumer restarts);
+//!   (settling the job, done or back, is retried until the store answers);
 //! * the delivery consumer puts its unfinished jobs back after a database outage:
 //!   it skips the jobs whose attempt is still running here, and no claim is made
 //!   while it does ([`FirstAttempts::hold_claims`]);
@@ -175,8 +175,13 @@ impl Claims {
         let _running = Running::mark(&self.running, &claimed.queue_id);
         drop(claiming);
         let sent = super::delivery::run_claimed(deployment, job).await;
-        if let Err(e) = settle_claimed(&self.pool, &claimed, sent.is_ok()).await {
-            tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not settle a first delivery attempt's job; the consumer puts it back when it restarts");
+        // Until settled the job stays claimed, and nothing else would run it
+        // again while the consumer lives: keep trying (shutdown cancels this,
+        // and the worker then puts the job back).
+        let mut waits = super::queue_restart_waits();
+        while let Err(e) = settle_claimed(&self.pool, &claimed, sent.is_ok()).await {
+            tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not settle a first delivery attempt's job; trying again");
+            tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
         }
     }
 }
