@@ -790,17 +790,19 @@ impl Store {
     }
 
     /// Puts the unfinished jobs of the named queue workers back on their queues,
-    /// but for those (queue ids) in `still_running`.
+    /// but for those held by one of `claims` (first delivery attempts, which
+    /// exist on Postgres only).
     pub async fn return_unfinished_jobs(
         &self,
         workers: &[String],
-        still_running: &[String],
+        claims: &[postgres::deliveries::Claim],
     ) -> Result<u64, StoreError> {
         match self {
-            Store::Postgres(pool) => {
-                postgres::return_unfinished(pool, workers, still_running).await
+            Store::Postgres(pool) => postgres::return_unfinished(pool, workers, claims).await,
+            Store::Sqlite(pool) => {
+                debug_assert!(claims.is_empty(), "no first attempts on SQLite");
+                sqlite::return_unfinished(pool, workers).await
             }
-            Store::Sqlite(pool) => sqlite::return_unfinished(pool, workers, still_running).await,
         }
     }
 }

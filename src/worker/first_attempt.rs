@@ -14,12 +14,19 @@
 //! * this process dies mid-attempt: its delivery consumer stops heartbeating and
 //!   the job goes back to the queue after `worker.recovery_window`, as any job it
 //!   held (the attempt reruns: at least once, as after any crash mid-send);
-//! * the claim is not made (store error): the job runs from the queue after the
-//!   delay; the attempt fails on the store: its job goes back on the queue at once
+//! * the claim gets no answer (store error, or a connection lost after the
+//!   update committed): it is tried again until the store answers. Each claim
+//!   carries its own token (written as the job's `lock_at`), so a retry also
+//!   matches the job its own earlier try claimed, and nothing else: a job left
+//!   `Running` by a claim whose answer was lost is run here, not stranded until
+//!   this worker restarts. Meanwhile the consumer may take the job once due
+//!   (a claim that did not commit); then the retry finds it taken and stops;
+//! * the attempt fails on the store: its job goes back on the queue at once
 //!   (settling the job, done or back, is retried until the store answers);
 //! * the delivery consumer puts its unfinished jobs back after a database outage:
-//!   it skips the jobs whose attempt is still running here, and no claim is made
-//!   while it does ([`FirstAttempts::hold_claims`]);
+//!   it skips the jobs whose attempt runs here (listed from before their claim
+//!   is tried), and no job is listed while it does
+//!   ([`FirstAttempts::hold_claims`]);
 //! * shutdown: attempts get `worker.shutdown_grace`, then are cancelled, and the
 //!   caller puts their jobs back.
 //!
@@ -40,7 +47,7 @@ use tokio::{
 
 use crate::{
     deployment::Deployment,
-    store::postgres::deliveries::{claim_job, settle_claimed},
+    store::postgres::deliveries::{Claim, ClaimToken, claim_job, settle_claimed},
 };
 
 /// How long a delivery job whose first attempt runs in the committing worker
@@ -62,11 +69,12 @@ struct Claims {
     pool: sqlx::PgPool,
     /// The delivery consumer's apalis worker name: claimed jobs are locked by it.
     consumer: String,
-    /// Held (shared) by each claim until its job is listed in `running`; held
-    /// alone while the consumer puts its unfinished jobs back.
+    /// Held (shared) while a job is listed in `running`; held alone while the
+    /// consumer puts its unfinished jobs back.
     claiming: RwLock<()>,
-    /// Queue ids of the jobs whose attempt runs here now.
-    running: Mutex<HashSet<String>>,
+    /// The claims of the jobs whose attempt runs here (claimed, or being
+    /// claimed).
+    running: Mutex<HashSet<Claim>>,
 }
 
 /// A slot for one turn's first attempts, taken before its commit; free again
@@ -125,10 +133,11 @@ impl FirstAttempts {
         });
     }
 
-    /// For the delivery consumer putting its unfinished jobs back: the queue ids
-    /// of the jobs whose attempt runs here, and a guard that keeps new claims
-    /// waiting until it is dropped (after the jobs were put back).
-    pub async fn hold_claims(&self) -> (RwLockWriteGuard<'_, ()>, Vec<String>) {
+    /// For the delivery consumer putting its unfinished jobs back: the claims
+    /// of the jobs whose attempt runs here (claimed, or being claimed), and a
+    /// guard that keeps new claims waiting until it is dropped (after the jobs
+    /// were put back).
+    pub async fn hold_claims(&self) -> (RwLockWriteGuard<'_, ()>, Vec<Claim>) {
         let guard = self.claims.claiming.write().await;
         let running = lock(&self.claims.running).iter().cloned().collect();
         (guard, running)
@@ -162,18 +171,31 @@ impl FirstAttempts {
 
 impl Claims {
     async fn attempt(&self, deployment: &Deployment, job: &DeliveryJob) {
-        let claiming = self.claiming.read().await;
-        let claimed = match claim_job(&self.pool, job, &self.consumer).await {
-            Ok(Some(claimed)) => claimed,
-            // A consumer took it first.
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not claim the first delivery attempt; the queue runs it");
-                return;
+        let token = ClaimToken::now();
+        // Listed before the claim is tried: a claim whose answer is lost may
+        // still have committed, and the consumer must leave that job alone.
+        let _running = {
+            let _claiming = self.claiming.read().await;
+            Running::mark(
+                &self.running,
+                Claim {
+                    idempotency_key: job.idempotency_key(),
+                    token,
+                },
+            )
+        };
+        let mut waits = super::queue_restart_waits();
+        let claimed = loop {
+            match claim_job(&self.pool, job, &self.consumer, token).await {
+                Ok(Some(claimed)) => break claimed,
+                // A consumer took it first.
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not claim the first delivery attempt's job; trying again");
+                    tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
+                }
             }
         };
-        let _running = Running::mark(&self.running, &claimed.queue_id);
-        drop(claiming);
         let sent = super::delivery::run_claimed(deployment, job).await;
         // Until settled the job stays claimed, and nothing else would run it
         // again while the consumer lives: keep trying (shutdown cancels this,
@@ -186,25 +208,22 @@ impl Claims {
     }
 }
 
-/// A claimed job listed as running here, for as long as its attempt runs (or
-/// until its task is cancelled).
+/// A job listed as claimed here, from before its claim is tried until its
+/// attempt settled (or its task is cancelled).
 struct Running<'a> {
-    running: &'a Mutex<HashSet<String>>,
-    queue_id: String,
+    running: &'a Mutex<HashSet<Claim>>,
+    claim: Claim,
 }
 
 impl<'a> Running<'a> {
-    fn mark(running: &'a Mutex<HashSet<String>>, queue_id: &str) -> Self {
-        lock(running).insert(queue_id.to_owned());
-        Self {
-            running,
-            queue_id: queue_id.to_owned(),
-        }
+    fn mark(running: &'a Mutex<HashSet<Claim>>, claim: Claim) -> Self {
+        lock(running).insert(claim.clone());
+        Self { running, claim }
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        lock(self.running).remove(&self.queue_id);
+        lock(self.running).remove(&self.claim);
     }
 }

@@ -4,7 +4,8 @@
 //! (one listener per process, see [`wakeups`]), so it starts within
 //! milliseconds; delayed jobs (delivery retries) are found by a poll every
 //! `worker.poll_interval`. The embedded SQLite store (one process) polls every
-//! `worker.poll_interval`.
+//! `worker.poll_interval`. See [`fetch_triggers`] for why both are ours, not
+//! apalis's strategies.
 //!
 //! Recovery: every worker heartbeats every quarter of `worker.recovery_window` and
 //! is taken for dead after three missed beats; live workers then put its jobs back
@@ -24,6 +25,7 @@
 //! the queue; see [`Consumer`].
 
 pub mod delivery;
+pub mod fetch_triggers;
 pub mod first_attempt;
 pub mod maintenance;
 pub mod turn;
@@ -32,7 +34,7 @@ pub mod wakeups;
 use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
-use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
+use apalis_core::backend::ext::BackendExt;
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use backon::BackoffBuilder;
@@ -80,14 +82,13 @@ macro_rules! register_queue {
                     .heartbeat_interval(beat)
                     .batch_size(batch);
                 config.missed_heartbeats = MISSED_HEARTBEATS;
-                let mut strategy = Strategy::new();
-                if let Some(wakeups) = &wakeups {
-                    strategy = strategy.stream(wakeups.subscribe(<$job>::QUEUE));
-                }
-                let strategy = strategy.interval(poll);
+                let triggers = fetch_triggers::FetchTriggers::new(
+                    poll,
+                    wakeups.as_ref().map(|w| w.subscribe(<$job>::QUEUE)),
+                );
                 let backend = PostgresStorage::<$job>::new(&pool)
                     .with_config(config)
-                    .poll_with_strategy(strategy);
+                    .poll_with_strategy(triggers);
                 WorkerBuilder::new(name.clone())
                     .backend(backend)
                     .data(data.clone())
@@ -102,7 +103,7 @@ macro_rules! register_queue {
                     .batch_size(batch);
                 let backend = SqliteStorage::<$job>::new(&pool)
                     .with_config(config)
-                    .poll_with_strategy(Strategy::new().interval(poll));
+                    .poll_with_strategy(fetch_triggers::FetchTriggers::new(poll, None));
                 WorkerBuilder::new(name.clone())
                     .backend(backend)
                     .data(data.clone())
@@ -308,16 +309,16 @@ impl Consumer {
     /// Puts the jobs this consumer's worker was running back on the queue (but
     /// for those whose first attempt runs outside it).
     async fn return_unfinished(&self) -> anyhow::Result<()> {
-        let (_claims_held, running_elsewhere) = match &self.first_attempts {
+        let (_claims_held, claims) = match &self.first_attempts {
             Some(first_attempts) => {
-                let (guard, running) = first_attempts.hold_claims().await;
-                (Some(guard), running)
+                let (guard, claims) = first_attempts.hold_claims().await;
+                (Some(guard), claims)
             }
             None => (None, Vec::new()),
         };
         let returned = self
             .store
-            .return_unfinished_jobs(std::slice::from_ref(&self.name), &running_elsewhere)
+            .return_unfinished_jobs(std::slice::from_ref(&self.name), &claims)
             .await
             .map_err(|e| {
                 tracing::warn!(queue = self.queue, error = %e, "could not return unfinished jobs to the queue");

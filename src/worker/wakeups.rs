@@ -15,11 +15,10 @@
 //! a few milliseconds), which costs at most one extra fetch per burst of jobs.
 //!
 //! Nothing depends on a wake-up for correctness: each consumer also polls every
-//! `worker.poll_interval`, which finds delayed retries and whatever was queued
-//! while the listening connection was lost (it reconnects by itself). Waking
-//! every consumer on reconnection instead was tried and left a consumer asleep
-//! until its next heartbeat now and then (an apalis worker quirk not understood
-//! yet; `queue_wakeups` tests reconnection with the poll an hour apart).
+//! `worker.poll_interval` ([`FetchTriggers`](super::fetch_triggers::FetchTriggers),
+//! which combines the two), which finds delayed retries and whatever was queued
+//! while the listening connection was lost (it reconnects by itself and wakes
+//! nobody then; `queue_wakeups` tests reconnection with the poll an hour apart).
 
 use std::{
     collections::HashMap,

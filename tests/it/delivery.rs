@@ -79,6 +79,151 @@ async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry()
     app.stop().await;
 }
 
+/// A first attempt still running when its worker is told to stop gets the
+/// grace period, is then cancelled, and its claimed job goes back on the
+/// queue before the worker exits (not after the recovery window): the next
+/// worker sends the reply, once.
+#[tokio::test]
+async fn a_first_attempt_cut_short_by_shutdown_goes_back_on_the_queue() {
+    let mut app = TestApp::spawn_with_worker(TestConfig {
+        shutdown_grace: "300ms",
+        recovery_window: "120s",
+        ..TestConfig::default()
+    })
+    .await;
+    app.platform
+        .script(&[PlatformMode::Stall(Duration::from_secs(10))]);
+    app.post_message(&TestMessage::direct("s1", "sol", "sol:hi"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.platform.requests() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no delivery attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM apalis.jobs
+              WHERE job_type = 'microclaw.deliveries' AND status = 'Running' AND run_at > now()"
+        )
+        .await,
+        1,
+        "the stalled attempt is the committing worker's, on its claimed job"
+    );
+
+    app.stop_workers().await;
+    assert_eq!(
+        app.strings(
+            "SELECT status || ':' || coalesce(lock_by, '-') FROM apalis.jobs
+              WHERE job_type = 'microclaw.deliveries'"
+        )
+        .await,
+        ["Pending:-"],
+        "back on the queue when the worker exited"
+    );
+    assert!(app.platform.replies().is_empty());
+
+    app.start_worker();
+    app.wait_for_replies(1, Duration::from_secs(10)).await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(app.platform.replies().len(), 1);
+    assert_eq!(app.platform.requests(), 2);
+    app.stop().await;
+}
+
+/// A first attempt's claim is an update whose answer can be lost after it
+/// committed; it is then tried again with the same token, which takes the job
+/// that claim holds, and only that. The consumer putting its unfinished jobs
+/// back leaves the jobs of listed claims alone.
+#[tokio::test]
+async fn a_claim_tried_again_takes_the_job_its_lost_answer_claimed_and_nothing_else() {
+    use microclaw::store::postgres::deliveries::{Claim, ClaimToken, claim_job, settle_claimed};
+    use microclaw_jobs::DeliveryJob;
+
+    let app = TestApp::spawn(TestConfig::default()).await;
+    let pg = app.pg();
+    let consumer = "w1-deliveries";
+    app.execute(&format!(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name)
+         VALUES ('{consumer}', 'microclaw.deliveries', 'test')"
+    ))
+    .await;
+    let first = DeliveryJob::new(uuid::Uuid::now_v7(), 1, "t1");
+    let second = DeliveryJob::new(uuid::Uuid::now_v7(), 1, "t2");
+    for (queue_id, job) in [("q1", &first), ("q2", &second)] {
+        app.execute(&format!(
+            "INSERT INTO apalis.jobs (job, id, job_type, run_at, idempotency_key)
+             VALUES (convert_to('{{}}', 'UTF8'), '{queue_id}', 'microclaw.deliveries',
+                     now() + interval '1 hour', '{}')",
+            job.idempotency_key()
+        ))
+        .await;
+    }
+
+    let token = ClaimToken::now();
+    let claimed = claim_job(pg, &first, consumer, token).await.unwrap();
+    assert_eq!(claimed.map(|c| c.queue_id).as_deref(), Some("q1"));
+    // That answer was lost: the retry recognises its own claim.
+    let again = claim_job(pg, &first, consumer, token)
+        .await
+        .unwrap()
+        .expect("the job this claim holds");
+    assert_eq!(again.queue_id, "q1");
+    assert_eq!(
+        app.strings("SELECT status || ':' || attempts FROM apalis.jobs WHERE id = 'q1'")
+            .await,
+        ["Running:1"],
+        "claimed once"
+    );
+    let other_token = ClaimToken::now();
+    assert_ne!(other_token, token);
+    assert!(
+        claim_job(pg, &first, consumer, other_token)
+            .await
+            .unwrap()
+            .is_none(),
+        "another claim does not take it"
+    );
+
+    // The consumer (same worker name) holds the second job, fetched its own way.
+    app.execute(&format!(
+        "UPDATE apalis.jobs SET status = 'Running', lock_by = '{consumer}', lock_at = now()
+          WHERE id = 'q2'"
+    ))
+    .await;
+    let listed = [
+        Claim {
+            idempotency_key: first.idempotency_key(),
+            token,
+        },
+        // A claim of the second job that did not commit: it holds nothing.
+        Claim {
+            idempotency_key: second.idempotency_key(),
+            token: other_token,
+        },
+    ];
+    let returned = app
+        .deployment
+        .store
+        .return_unfinished_jobs(&[consumer.to_owned()], &listed)
+        .await
+        .unwrap();
+    assert_eq!(returned, 1);
+    assert_eq!(
+        app.strings("SELECT id || ':' || status FROM apalis.jobs ORDER BY id")
+            .await,
+        ["q1:Running", "q2:Pending"]
+    );
+
+    settle_claimed(pg, &again, true).await.unwrap();
+    settle_claimed(pg, &again, true).await.unwrap();
+    assert_eq!(
+        app.strings("SELECT status FROM apalis.jobs WHERE id = 'q1'")
+            .await,
+        ["Done"]
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_redirecting_callback_is_not_followed() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
@@ -102,6 +247,29 @@ async fn a_redirecting_callback_is_not_followed() {
     assert_eq!(app.platform.requests() as i64, attempts);
     let last_error = app.strings("SELECT last_error FROM deliveries").await;
     assert!(last_error[0].contains("307"), "{last_error:?}");
+    app.stop().await;
+}
+
+/// A job that falls due later (here a retry, due a second after the failed
+/// first attempt) is fetched within `worker.poll_interval` of falling due: no
+/// notification announces it, and the consumer's heartbeat, which also
+/// fetches, is 30 s away (`worker::fetch_triggers`).
+async fn a_retry_falling_due_is_fetched_within_the_poll_interval(backend: Backend) {
+    let app = TestApp::spawn_with_worker(TestConfig {
+        backend,
+        recovery_window: "120s",
+        ..TestConfig::default()
+    })
+    .await;
+    app.platform.script(&[PlatformMode::Fail(503, None)]);
+    app.post_message(&TestMessage::direct("p1", "pia", "pia:hi"))
+        .await;
+    app.wait_for_replies(1, Duration::from_secs(8)).await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.attempt_history().await,
+        ["1:retryable:503", "2:delivered:0"]
+    );
     app.stop().await;
 }
 
@@ -167,5 +335,6 @@ async fn a_rate_limited_delivery_waits_for_retry_after_then_succeeds() {
 
 crate::on_both_backends!(
     a_delivery_that_fails_permanently_is_dead_with_its_history,
+    a_retry_falling_due_is_fetched_within_the_poll_interval,
     transient_failures_are_retried_until_the_attempts_run_out,
 );

@@ -429,6 +429,8 @@ pub enum PlatformMode {
     /// A redirect with this status to `/elsewhere` on the same server, which
     /// counts what reaches it.
     Redirect(u16),
+    /// No answer for this long, then 503: a platform that hangs.
+    Stall(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -522,6 +524,21 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    match platform_answer(&state, &headers, &body) {
+        Ok(response) => response,
+        Err(stall) => {
+            tokio::time::sleep(stall).await;
+            (StatusCode::SERVICE_UNAVAILABLE, "stalled").into_response()
+        }
+    }
+}
+
+/// The platform's answer, or how long it hangs before failing.
+fn platform_answer(
+    state: &Mutex<PlatformState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Duration> {
     let mut state = state.lock().unwrap();
     state.requests += 1;
     let header = |name: &str| {
@@ -536,14 +553,14 @@ async fn receive(
         signature: header("webhook-signature"),
     };
     let now = chrono::Utc::now().timestamp();
-    if state.key.verify(&signed, &body, now, 300).is_err() {
+    if state.key.verify(&signed, body, now, 300).is_err() {
         state.bad_signatures += 1;
-        return StatusCode::UNAUTHORIZED.into_response();
+        return Ok(StatusCode::UNAUTHORIZED.into_response());
     }
     let mode = state.script.pop_front().unwrap_or(state.mode);
-    match mode {
+    Ok(match mode {
         PlatformMode::Accept => {
-            let event: ReplyEvent = serde_json::from_slice(&body).unwrap();
+            let event: ReplyEvent = serde_json::from_slice(body).unwrap();
             state.replies.push(ReceivedReply {
                 webhook_id: signed.id.to_owned(),
                 event,
@@ -565,7 +582,8 @@ async fn receive(
             [("location", "/elsewhere")],
         )
             .into_response(),
-    }
+        PlatformMode::Stall(stall) => return Err(stall),
+    })
 }
 
 /// A platform Web API in the Slack / Telegram style: records every call (path,

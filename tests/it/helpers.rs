@@ -146,6 +146,7 @@ pub struct TestConfig {
     pub model_attempts: u32,
     pub model_timeout: &'static str,
     pub recovery_window: &'static str,
+    pub shutdown_grace: &'static str,
     /// How often workers poll their queues (NOTIFY wakes them between polls).
     pub poll_interval: &'static str,
     pub session_lease: &'static str,
@@ -178,6 +179,7 @@ impl Default for TestConfig {
             model_attempts: 3,
             model_timeout: "1500ms",
             recovery_window: "8s",
+            shutdown_grace: "2s",
             poll_interval: "200ms",
             session_lease: "3s",
             max_body_bytes: 64 * 1024,
@@ -224,7 +226,7 @@ session_lease = "{lease}"
 turn_concurrency = 8
 delivery_concurrency = 8
 poll_interval = "{poll_interval}"
-shutdown_grace = "2s"
+shutdown_grace = "{shutdown_grace}"
 turn_mode = "{mode}"
 apology = "Sorry, the model is unavailable."
 history_messages = {history_messages}
@@ -276,6 +278,7 @@ callback_url = "{callback}"
             max_body = self.max_body_bytes,
             receiver_extra = self.receiver_extra,
             window = self.recovery_window,
+            shutdown_grace = self.shutdown_grace,
             poll_interval = self.poll_interval,
             lease = self.session_lease,
             mode = self.turn_mode,

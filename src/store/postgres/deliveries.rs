@@ -16,6 +16,7 @@
 //! before its outcome is committed: that attempt is rerun, and the platform sees
 //! the same `webhook-id`/delivery id again (at-least-once; receivers deduplicate).
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::types::PgInterval};
 
 use super::sessions::enqueue_delivery;
@@ -177,30 +178,66 @@ pub struct ClaimedJob {
     pub queue_id: String,
     /// The consumer whose name locks it.
     pub worker: String,
+    pub token: ClaimToken,
+}
+
+/// What a claim writes as its job's `lock_at`, chosen once before its first
+/// try: a retry of the claim (its earlier answer lost) recognises the job that
+/// try claimed, and the consumer recognises jobs claimed outside it. A
+/// consumer's fetch writes its transaction's `now()`; a microsecond-exact
+/// match with a token, on the same job and consumer, is not a practical risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimToken(DateTime<Utc>);
+
+impl ClaimToken {
+    pub fn now() -> Self {
+        // Postgres keeps microseconds: the token must survive the round trip.
+        let micros = Utc::now().timestamp_micros();
+        Self(DateTime::from_timestamp_micros(micros).unwrap_or_default())
+    }
+
+    /// The `lock_at` it writes.
+    pub fn at(self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// A first attempt's claim, for the consumer to leave alone when it puts its
+/// unfinished jobs back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub idempotency_key: String,
+    pub token: ClaimToken,
 }
 
 /// Claims `job` in the queue for `worker` (a registered consumer) when it is
-/// still pending, as a consumer's fetch would; None when it is not (a consumer
-/// took it, or it ran).
+/// still pending, or when it is already claimed with this `token` (an earlier
+/// try whose answer was lost), as a consumer's fetch would; None when it is
+/// neither (a consumer took it, or it ran).
 pub async fn claim_job(
     pool: &PgPool,
     job: &DeliveryJob,
     worker: &str,
+    token: ClaimToken,
 ) -> Result<Option<ClaimedJob>, StoreError> {
     let queue_id: Option<String> = sqlx::query_scalar(
         "UPDATE apalis.jobs
-            SET status = 'Running', lock_by = $3, lock_at = now(), attempts = attempts + 1
-          WHERE job_type = $1 AND idempotency_key = $2 AND status = 'Pending'
+            SET status = 'Running', lock_by = $3, lock_at = $4,
+                attempts = attempts + (status = 'Pending')::int
+          WHERE job_type = $1 AND idempotency_key = $2
+            AND (status = 'Pending' OR (status = 'Running' AND lock_by = $3 AND lock_at = $4))
           RETURNING id",
     )
     .bind(<DeliveryJob as microclaw_jobs::Job>::QUEUE)
     .bind(job.idempotency_key())
     .bind(worker)
+    .bind(token.at())
     .fetch_optional(pool)
     .await?;
     Ok(queue_id.map(|queue_id| ClaimedJob {
         queue_id,
         worker: worker.to_owned(),
+        token,
     }))
 }
 
@@ -213,14 +250,15 @@ pub async fn settle_claimed(
 ) -> Result<(), StoreError> {
     let statement = if done {
         "UPDATE apalis.jobs SET status = 'Done', done_at = now()
-          WHERE id = $1 AND lock_by = $2 AND status = 'Running'"
+          WHERE id = $1 AND lock_by = $2 AND lock_at = $3 AND status = 'Running'"
     } else {
         "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, run_at = now()
-          WHERE id = $1 AND lock_by = $2 AND status = 'Running'"
+          WHERE id = $1 AND lock_by = $2 AND lock_at = $3 AND status = 'Running'"
     };
     sqlx::query(statement)
         .bind(&claimed.queue_id)
         .bind(&claimed.worker)
+        .bind(claimed.token.at())
         .execute(pool)
         .await?;
     Ok(())

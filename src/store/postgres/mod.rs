@@ -193,18 +193,23 @@ pub async fn enqueue_many<J: Job>(
 }
 
 /// Puts the unfinished jobs of the named workers back on their queues, but for
-/// the jobs (queue ids) in `still_running`.
+/// the jobs held by one of `claims` (first delivery attempts still running).
 pub async fn return_unfinished(
     pool: &PgPool,
     workers: &[String],
-    still_running: &[String],
+    claims: &[deliveries::Claim],
 ) -> Result<u64, StoreError> {
+    let keys: Vec<&str> = claims.iter().map(|c| c.idempotency_key.as_str()).collect();
+    let tokens: Vec<_> = claims.iter().map(|c| c.token.at()).collect();
     Ok(sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
-          WHERE lock_by = ANY($1) AND status IN ('Running', 'Queued') AND id <> ALL($2)",
+        "UPDATE apalis.jobs j SET status = 'Pending', lock_by = NULL, lock_at = NULL
+          WHERE lock_by = ANY($1) AND status IN ('Running', 'Queued')
+            AND NOT EXISTS (SELECT 1 FROM UNNEST($2::text[], $3::timestamptz[]) AS c (key, token)
+                             WHERE c.key = j.idempotency_key AND c.token = j.lock_at)",
     )
     .bind(workers)
-    .bind(still_running)
+    .bind(&keys)
+    .bind(&tokens)
     .execute(pool)
     .await?
     .rows_affected())

@@ -174,22 +174,17 @@ pub async fn enqueue<J: Job>(
     Ok(())
 }
 
-pub async fn return_unfinished(
-    pool: &SqlitePool,
-    workers: &[String],
-    still_running: &[String],
-) -> Result<u64, StoreError> {
+/// Puts the unfinished jobs of the named workers back on their queues (no job
+/// is claimed outside a consumer here: first attempts run on Postgres only).
+pub async fn return_unfinished(pool: &SqlitePool, workers: &[String]) -> Result<u64, StoreError> {
     let mut returned = 0;
-    let still_running = serde_json::to_string(still_running).unwrap_or_else(|_| "[]".into());
     let mut tx = begin_write(pool).await?;
     for worker in workers {
         returned += sqlx::query(
             "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
-              WHERE lock_by = ?1 AND status IN ('Running', 'Queued')
-                AND id NOT IN (SELECT value FROM json_each(?2))",
+              WHERE lock_by = ?1 AND status IN ('Running', 'Queued')",
         )
         .bind(worker)
-        .bind(&still_running)
         .execute(&mut *tx)
         .await?
         .rows_affected();
