@@ -12,12 +12,19 @@
 //! arrives until the batch has `max_batch` members or `max_wait` passed, and hands
 //! the batch to a writer task. At most `max_in_flight` batches are written at once,
 //! so under load the next batch fills while the previous ones commit, and one
-//! commit (one WAL flush) answers many webhooks. With `max_batch = 1` the receiver
+//! commit (one WAL flush) answers many webhooks. The collector waits for more
+//! members only under traffic: when the previous webhook came less than
+//! `max_wait` before this one, or another batch is being written. A webhook
+//! arriving on a quiet receiver is written at once, so light traffic pays no
+//! `max_wait`. With `max_batch = 1` the receiver
 //! writes each webhook in its own transaction instead and this module is unused.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot},
+    time::Instant,
+};
 
 use crate::{
     channels::InboundMessage,
@@ -82,25 +89,37 @@ async fn collect(
     turn_job_attempts: usize,
 ) {
     let writers = Arc::new(Semaphore::new(config.max_in_flight));
+    let mut last_arrival: Option<Instant> = None;
     while let Some(first) = receiver.recv().await {
+        let arrived = Instant::now();
+        let traffic = last_arrival.is_some_and(|previous| arrived - previous < config.max_wait.0);
+        last_arrival = Some(arrived);
         let writer = Arc::clone(&writers)
             .acquire_owned()
             .await
             .expect("the writers' semaphore is never closed");
         let mut batch = Vec::with_capacity(config.max_batch);
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.max_wait.0;
+        let others_writing = writers.available_permits() + 1 < config.max_in_flight;
+        let wait = if traffic || others_writing {
+            config.max_wait.0
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + wait;
         while batch.len() < config.max_batch {
-            match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
+            let next = match receiver.try_recv() {
+                Ok(pending) => pending,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(pending)) => batch.push(pending),
+                        Ok(Some(pending)) => pending,
                         Ok(None) | Err(_) => break,
                     }
                 }
-            }
+            };
+            last_arrival = Some(Instant::now());
+            batch.push(next);
         }
         let store = store.clone();
         tokio::spawn(async move {

@@ -84,6 +84,36 @@ async fn nothing_is_acknowledged_before_its_batch_commits() {
     app.stop().await;
 }
 
+/// `max_wait` is spent only under traffic: a webhook arriving on a quiet
+/// receiver (nothing in flight, the previous webhook long gone) is written at
+/// once, not after the window.
+#[tokio::test]
+async fn a_lone_webhook_does_not_wait_for_batch_mates() {
+    let app = TestApp::spawn(TestConfig {
+        receiver_extra: "[receiver.group_commit]
+max_batch = 16
+max_wait = \"1s\"",
+        ..TestConfig::default()
+    })
+    .await;
+    for i in 0..3 {
+        let sent = std::time::Instant::now();
+        let response = app
+            .post_message(&TestMessage::direct(&format!("lone-{i}"), "lena", "hi"))
+            .await;
+        assert_eq!(response.status(), 200);
+        let waited = sent.elapsed();
+        assert!(
+            waited < Duration::from_millis(500),
+            "a lone webhook waited {waited:?} for batch-mates"
+        );
+        // Quiet again: more than max_wait since this one.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 3);
+    app.stop().await;
+}
+
 async fn a_failed_batch_answers_every_member_with_503(backend: Backend) {
     let app = TestApp::spawn_with_worker(TestConfig {
         backend,
@@ -269,14 +299,16 @@ async fn a_batch_that_loses_a_race_records_each_member_on_its_own() {
 /// Two batches written at the same time by two writers, with the same two
 /// first-time senders in opposite orders: each batch creates the accounts (and
 /// upserts the sessions) in sender order, not arrival order, so the two cannot
-/// deadlock and every message is accepted.
+/// deadlock and every message is accepted. (A first webhook, written alone as
+/// nothing else is in flight, keeps a third writer busy, so the two batches
+/// after it wait for their members.)
 #[tokio::test]
 async fn concurrent_batches_with_the_same_new_senders_do_not_deadlock() {
     let app = TestApp::spawn(TestConfig {
         receiver_extra: "[receiver.group_commit]
 max_batch = 2
 max_wait = \"500ms\"
-max_in_flight = 2",
+max_in_flight = 3",
         ..TestConfig::default()
     })
     .await;
@@ -288,6 +320,7 @@ max_in_flight = 2",
         .await
         .unwrap();
     let arrivals = [
+        ("dl-w", "uma"),
         ("dl-a1", "sam"),
         ("dl-a2", "tess"),
         ("dl-b1", "tess"),
@@ -304,7 +337,7 @@ max_in_flight = 2",
                 response.json::<Value>().await.unwrap(),
             )
         });
-        // Arrive in this order: a1 and a2 make one batch, b1 and b2 the next.
+        // Arrive in this order: w alone, a1 and a2 one batch, b1 and b2 the next.
         let _ = tokio::time::timeout(Duration::from_millis(100), answers.next()).await;
     }
     let _ = tokio::time::timeout(Duration::from_millis(300), answers.next()).await;
@@ -314,12 +347,15 @@ max_in_flight = 2",
         assert_eq!(*status, 200, "{body}");
         assert_eq!(body["status"], "accepted", "{body}");
     }
-    assert_eq!(answers.len(), 4);
-    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 2);
-    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 4);
-    let transactions = app
-        .count("SELECT count(DISTINCT xmin::text) FROM inbound_events")
+    assert_eq!(answers.len(), 5);
+    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 3);
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 5);
+    let batches: Vec<String> = app
+        .strings(
+            "SELECT string_agg(platform_message_id, ',' ORDER BY platform_message_id)
+               FROM inbound_events GROUP BY xmin::text ORDER BY 1",
+        )
         .await;
-    assert_eq!(transactions, 2, "two batches");
+    assert_eq!(batches, ["dl-a1,dl-a2", "dl-b1,dl-b2", "dl-w"]);
     app.stop().await;
 }
