@@ -200,22 +200,6 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     .execute(&mut *tx)
     .await?;
 
-    for event in turn.events {
-        sqlx::query(
-            "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name,
-                                   identity_id)
-             -- The event's person now: a merge during the turn may have moved it.
-             VALUES ($1, $2, 'user', $3, $4, $5,
-                     (SELECT identity_id FROM inbound_events WHERE id = $4))",
-        )
-        .bind(transcript_id)
-        .bind(turn.turn_id)
-        .bind(without_nul(&event.text))
-        .bind(event.id)
-        .bind(&event.sender_name)
-        .execute(&mut *tx)
-        .await?;
-    }
     let user_key = format!("{}:{}", last.connector_id, last.sender_id);
     for call in turn.model_calls {
         sqlx::query(
@@ -241,46 +225,24 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
         .execute(&mut *tx)
         .await?;
     }
-    for step in turn.steps {
-        sqlx::query(
-            "INSERT INTO messages (session_id, turn_id, role, content, model, parts)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(transcript_id)
-        .bind(turn.turn_id)
-        .bind(step.role.as_str())
-        .bind(without_nul(&step.joined_text()).into_owned())
-        .bind(turn.model)
-        .bind(sqlx::types::Json(without_nul_parts(&step.parts)))
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "INSERT INTO messages (session_id, turn_id, role, content, model)
-         VALUES ($1, $2, 'assistant', $3, $4)",
-    )
-    .bind(transcript_id)
-    .bind(turn.turn_id)
-    .bind(without_nul(turn.reply))
-    .bind(turn.model)
-    .execute(&mut *tx)
-    .await?;
+    insert_transcript(&mut tx, &turn, transcript_id).await?;
 
+    // The events answered and the session's mark move together, in one statement.
     let event_ids: Vec<Uuid> = turn.events.iter().map(|e| e.id).collect();
-    sqlx::query("UPDATE inbound_events SET status = $2, turn_id = $3 WHERE id = ANY($1)")
-        .bind(&event_ids)
-        .bind(if turn.error.is_some() {
-            "failed"
-        } else {
-            "answered"
-        })
-        .bind(turn.turn_id)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
-        "UPDATE sessions SET processed_seq = $2, lease_expires_at = now() + $3, updated_at = now()
-          WHERE id = $1",
+        "WITH answered AS (
+             UPDATE inbound_events SET status = $2, turn_id = $3 WHERE id = ANY($1)
+         )
+         UPDATE sessions SET processed_seq = $5, lease_expires_at = now() + $6, updated_at = now()
+          WHERE id = $4",
     )
+    .bind(&event_ids)
+    .bind(if turn.error.is_some() {
+        "failed"
+    } else {
+        "answered"
+    })
+    .bind(turn.turn_id)
     .bind(session_id)
     .bind(last.seq)
     .bind(interval(turn.lease_ttl))
@@ -329,6 +291,67 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     }
     tx.commit().await?;
     Ok(TurnCommit::Committed(first_deliveries))
+}
+
+/// The turn's transcript in one statement, in order: the user messages, the
+/// tool steps, the reply (the rows take their ids in that order).
+async fn insert_transcript(
+    tx: &mut Transaction<'_, Postgres>,
+    turn: &TurnRecord<'_>,
+    transcript_id: Uuid,
+) -> Result<(), StoreError> {
+    let rows = turn.events.len() + turn.steps.len() + 1;
+    let mut roles: Vec<&str> = Vec::with_capacity(rows);
+    let mut contents: Vec<String> = Vec::with_capacity(rows);
+    let mut event_ids: Vec<Option<Uuid>> = Vec::with_capacity(rows);
+    let mut sender_names: Vec<Option<&str>> = Vec::with_capacity(rows);
+    let mut models: Vec<Option<&str>> = Vec::with_capacity(rows);
+    let mut parts: Vec<Option<sqlx::types::Json<Vec<crate::providers::Part>>>> =
+        Vec::with_capacity(rows);
+    for event in turn.events {
+        roles.push("user");
+        contents.push(without_nul(&event.text).into_owned());
+        event_ids.push(Some(event.id));
+        sender_names.push(event.sender_name.as_deref());
+        models.push(None);
+        parts.push(None);
+    }
+    for step in turn.steps {
+        roles.push(step.role.as_str());
+        contents.push(without_nul(&step.joined_text()).into_owned());
+        event_ids.push(None);
+        sender_names.push(None);
+        models.push(turn.model);
+        parts.push(Some(sqlx::types::Json(without_nul_parts(&step.parts))));
+    }
+    roles.push("assistant");
+    contents.push(without_nul(turn.reply).into_owned());
+    event_ids.push(None);
+    sender_names.push(None);
+    models.push(turn.model);
+    parts.push(None);
+    sqlx::query(
+        "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name,
+                               identity_id, model, parts)
+         SELECT $1, $2, m.role, m.content, m.event_id, m.sender_name,
+                -- The event's person now: a merge during the turn may have moved it.
+                (SELECT identity_id FROM inbound_events WHERE id = m.event_id),
+                m.model, m.parts
+           FROM UNNEST($3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::jsonb[])
+                WITH ORDINALITY AS m (role, content, event_id, sender_name, model, parts, ord)
+          ORDER BY m.ord",
+    )
+    .bind(transcript_id)
+    .bind(turn.turn_id)
+    .bind(&roles)
+    .bind(&contents)
+    .bind(&event_ids)
+    .bind(&sender_names)
+    .bind(&models)
+    .bind(&parts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 pub(super) async fn enqueue_delivery(
