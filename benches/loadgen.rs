@@ -306,6 +306,13 @@ async fn measure(
     );
     let loadgen_cpu_secs = cluster::cpu_secs("self").unwrap_or(0.0) - cpu_at_start;
     let processes = cluster.stop().await;
+    let database = match db.work().await {
+        Ok(work) => Some(work),
+        Err(e) => {
+            eprintln!("warning: no database statistics: {e}");
+            None
+        }
+    };
     Ok(Report {
         label: label.to_owned(),
         settings: args.settings(),
@@ -316,6 +323,7 @@ async fn measure(
         loadgen_cpu_secs,
         machine_busy_cores,
         cores,
+        database,
         logs: logs.display().to_string(),
     })
 }

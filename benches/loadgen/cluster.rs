@@ -24,6 +24,13 @@ pub fn postgres_server() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// Transactions and written rows of a run's database (`pg_stat_database`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct DatabaseWork {
+    pub transactions: u64,
+    pub rows_written: u64,
+}
+
 /// A database of its own for one run, dropped when the run ends.
 pub struct Database {
     pub name: String,
@@ -98,6 +105,26 @@ impl Database {
                 p99_ms: p.get(1).copied().flatten().unwrap_or(0.0),
             })
             .collect())
+    }
+
+    /// What the run cost Postgres: transactions ended (committed or rolled
+    /// back) and rows written in the run's database. Read once MicroClaw's
+    /// processes have exited, so every backend has reported its counts; the
+    /// load generator's own few reads of the database are included.
+    pub async fn work(&self) -> anyhow::Result<DatabaseWork> {
+        let admin = PgPool::connect(&format!("{}/postgres", self.server)).await?;
+        let (transactions, rows_written): (i64, i64) = sqlx::query_as(
+            "SELECT xact_commit + xact_rollback, tup_inserted + tup_updated + tup_deleted
+               FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&admin)
+        .await?;
+        admin.close().await;
+        Ok(DatabaseWork {
+            transactions: transactions as u64,
+            rows_written: rows_written as u64,
+        })
     }
 
     pub async fn drop_database(self) {

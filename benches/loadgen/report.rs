@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    cluster::{Phase, ProcessFigures},
+    cluster::{DatabaseWork, Phase, ProcessFigures},
     fakes::{FakeModel, ReceivedReply, Token},
     traffic::{Outcome, Sent},
 };
@@ -244,6 +244,8 @@ pub struct Report {
     /// reply, in cores (Postgres and everything else included).
     pub machine_busy_cores: f64,
     pub cores: usize,
+    /// Postgres work of the run, when `pg_stat_database` could be read.
+    pub database: Option<DatabaseWork>,
     pub logs: String,
 }
 
@@ -340,6 +342,16 @@ impl Report {
             "  CPU                loadgen {:.1} s; machine {:.2} of {} cores busy while sending and draining",
             self.loadgen_cpu_secs, self.machine_busy_cores, self.cores
         );
+        if let Some(work) = &self.database {
+            let per_message = |n: u64| n as f64 / ingest.acknowledged.max(1) as f64;
+            println!(
+                "  database           {} transactions ({:.1} a message), {} rows written ({:.1} a message)",
+                work.transactions,
+                per_message(work.transactions),
+                work.rows_written,
+                per_message(work.rows_written)
+            );
+        }
         println!("  logs               {}", self.logs);
     }
 }
