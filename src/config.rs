@@ -215,9 +215,9 @@ impl Default for ReceiverConfig {
 pub struct GroupCommitConfig {
     /// Most inbound messages in one transaction; 1 writes each webhook alone.
     pub max_batch: usize,
-    /// How long a batch waits for more members before it is written, when
-    /// another batch is being written meanwhile (with none in flight a batch is
-    /// written at once).
+    /// How long a batch waits for more members before it is written, under
+    /// traffic only (the previous webhook came within `max_wait`, or another
+    /// batch is being written); on a quiet receiver a webhook is written at once.
     pub max_wait: Span,
     /// Batches being written at the same time (each holds a database connection).
     pub max_in_flight: usize,

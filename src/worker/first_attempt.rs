@@ -184,7 +184,7 @@ impl Claims {
                 },
             )
         };
-        let mut waits = super::queue_restart_waits();
+        let mut waits = super::RestartWaits::new();
         let claimed = loop {
             match claim_job(&self.pool, job, &self.consumer, token).await {
                 Ok(Some(claimed)) => break claimed,
@@ -192,7 +192,7 @@ impl Claims {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not claim the first delivery attempt's job; trying again");
-                    tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
+                    waits.sleep().await;
                 }
             }
         };
@@ -200,10 +200,10 @@ impl Claims {
         // Until settled the job stays claimed, and nothing else would run it
         // again while the consumer lives: keep trying (shutdown cancels this,
         // and the worker then puts the job back).
-        let mut waits = super::queue_restart_waits();
+        let mut waits = super::RestartWaits::new();
         while let Err(e) = settle_claimed(&self.pool, &claimed, sent.is_ok()).await {
             tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not settle a first delivery attempt's job; trying again");
-            tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
+            waits.sleep().await;
         }
     }
 }

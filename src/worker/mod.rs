@@ -223,7 +223,7 @@ pub async fn run(deployment: Arc<Deployment>, shutdown: Shutdown) -> anyhow::Res
 /// heartbeat while the database is away, a pool that timed out), and the
 /// process would go on without consuming that queue. So each queue runs in its
 /// own monitor, and a monitor that ends before shutdown is rebuilt after a
-/// backoff ([`queue_restart_waits`]), once the jobs its worker was running (their
+/// backoff ([`RestartWaits`]), once the jobs its worker was running (their
 /// futures died with it) are back on the queue. A consumer that has run for a
 /// while starts its backoff over.
 struct Consumer {
@@ -237,15 +237,34 @@ struct Consumer {
     first_attempts: Option<Arc<first_attempt::FirstAttempts>>,
 }
 
-/// Backoff between restarts of a queue consumer (and reconnections of the
-/// queue listener, see [`wakeups`]).
-fn queue_restart_waits() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(15))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Backoff between restarts of a queue consumer, and between tries of
+/// whatever must wait for the database to answer (the queue listener's
+/// reconnections, see [`wakeups`]; a first attempt's claim and settle, see
+/// [`first_attempt`]): 250 ms doubling with jitter, at most 15 s, never ending.
+struct RestartWaits(backon::ExponentialBackoff);
+
+/// The longest wait of [`RestartWaits`].
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(15);
+
+impl RestartWaits {
+    fn new() -> Self {
+        Self(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(MAX_RESTART_WAIT)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+        )
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        self.0.next().unwrap_or(MAX_RESTART_WAIT)
+    }
+
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.next_wait()).await;
+    }
 }
 
 /// A consumer that ran this long before it died starts its backoff over.
@@ -253,7 +272,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 impl Consumer {
     async fn run(&self, monitor: impl Fn() -> Monitor, shutdown: Shutdown) -> anyhow::Result<()> {
-        let mut waits = queue_restart_waits();
+        let mut waits = RestartWaits::new();
         loop {
             let started = tokio::time::Instant::now();
             let (signal, queue) = (shutdown.clone(), self.queue);
@@ -271,7 +290,7 @@ impl Consumer {
                 return self.return_unfinished_at_shutdown().await;
             }
             if started.elapsed() >= HEALTHY_RUN {
-                waits = queue_restart_waits();
+                waits = RestartWaits::new();
             }
             crate::metrics::queue_consumer_restart(self.queue);
             tracing::error!(
@@ -281,7 +300,7 @@ impl Consumer {
             // Restart once the dead worker's jobs are back (the database may
             // still be away: keep waiting).
             loop {
-                let wait = waits.next().unwrap_or(Duration::from_secs(15));
+                let wait = waits.next_wait();
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = shutdown.clone().wait() => return self.return_unfinished_at_shutdown().await,

@@ -126,22 +126,22 @@ fn wake(subscribers: &Mutex<HashMap<String, mpsc::Sender<()>>>, queue: &str) {
 }
 
 async fn listen(pool: PgPool, subscribers: Arc<Mutex<HashMap<String, mpsc::Sender<()>>>>) {
-    let mut waits = super::queue_restart_waits();
+    let mut waits = super::RestartWaits::new();
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %e, "queue listener cannot connect; consumers poll meanwhile");
-                tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
+                waits.sleep().await;
                 continue;
             }
         };
         if let Err(e) = listener.listen(INSERT_CHANNEL).await {
             tracing::warn!(error = %e, "queue listener cannot LISTEN; consumers poll meanwhile");
-            tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
+            waits.sleep().await;
             continue;
         }
-        waits = super::queue_restart_waits();
+        waits = super::RestartWaits::new();
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
@@ -154,7 +154,7 @@ async fn listen(pool: PgPool, subscribers: Arc<Mutex<HashMap<String, mpsc::Sende
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "queue listener lost its connection; reconnecting");
-                    tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(15))).await;
+                    waits.sleep().await;
                     break;
                 }
             }
