@@ -232,6 +232,11 @@ impl Traffic {
 pub struct Failures {
     /// Messages whose reply is a dead delivery.
     pub dead: BTreeSet<String>,
+    /// Messages whose reply was dead until an operator retried it. A dead reply
+    /// no longer holds back the later replies of its conversation (see
+    /// `worker::delivery`), so a retried one arrives after them by design: its
+    /// order is judged only against the other retried replies.
+    pub retried: BTreeSet<String>,
 }
 
 /// The ledger's verdict on one scenario.
@@ -322,7 +327,7 @@ pub fn judge(traffic: &Traffic, arrivals: &[Arrival], failures: &Failures) -> Ve
         }
     }
     let mut replies_to: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-    let mut latest_seq: HashMap<&str, u32> = HashMap::new();
+    let mut latest_seq: HashMap<(&str, bool), u32> = HashMap::new();
     for arrival in &deliveries {
         for id in &arrival.in_reply_to {
             replies_to
@@ -339,14 +344,22 @@ pub fn judge(traffic: &Traffic, arrivals: &[Arrival], failures: &Failures) -> Ve
             verdict.content_violations += 1;
         }
         // Order: a reply must not answer only messages older than one already
-        // answered in its conversation.
+        // answered in its conversation (among the operator's retries, for a
+        // retried reply).
         let newest = arrival
             .in_reply_to
             .iter()
             .filter_map(|id| sent.get(id).map(|s| s.seq))
             .max()
             .unwrap_or(0);
-        let latest = latest_seq.entry(arrival.conversation.as_str()).or_insert(0);
+        let retried = !arrival.in_reply_to.is_empty()
+            && arrival
+                .in_reply_to
+                .iter()
+                .all(|id| failures.retried.contains(id));
+        let latest = latest_seq
+            .entry((arrival.conversation.as_str(), retried))
+            .or_insert(0);
         if newest < *latest {
             verdict.order_violations += 1;
         }
