@@ -294,6 +294,32 @@ impl Store {
         portable!(self, memory::session_info(session_id))
     }
 
+    /// What a lease holder's next turn answers: the session (None once it was
+    /// forgotten) and up to `limit` of its unanswered events, in arrival order,
+    /// as of one moment. One round trip on Postgres.
+    pub async fn turn_inputs(
+        &self,
+        session_id: Uuid,
+        limit: i64,
+    ) -> Result<Option<(SessionInfo, Vec<PendingEvent>)>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::sessions::turn_inputs(pool, session_id, limit).await,
+            Store::Sqlite(pool) => {
+                let Some(session) = sqlite::memory::session_info(pool, session_id).await? else {
+                    return Ok(None);
+                };
+                let events = sqlite::sessions::pending_events(
+                    pool,
+                    session_id,
+                    session.processed_seq,
+                    limit,
+                )
+                .await?;
+                Ok(Some((session, events)))
+            }
+        }
+    }
+
     /// Unanswered events after `after_seq`, in arrival order.
     pub async fn pending_events(
         &self,
@@ -718,15 +744,21 @@ impl Store {
         }
     }
 
-    /// Records an attempt's outcome and schedules what follows, in one transaction.
+    /// Records an attempt's outcome and schedules what follows, atomically;
+    /// `last_part` is the [`DeliveryRow`]'s (a delivered last part queues nothing).
     pub async fn finish_attempt(
         &self,
         job: &DeliveryJob,
         outcome: AttemptOutcome<'_>,
+        last_part: bool,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::deliveries::finish_attempt(pool, job, outcome).await,
-            Store::Sqlite(pool) => sqlite::deliveries::finish_attempt(pool, job, outcome).await,
+            Store::Postgres(pool) => {
+                postgres::deliveries::finish_attempt(pool, job, outcome, last_part).await
+            }
+            Store::Sqlite(pool) => {
+                sqlite::deliveries::finish_attempt(pool, job, outcome, last_part).await
+            }
         }
     }
 

@@ -81,7 +81,7 @@ pub enum Release {
     Lost,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct PendingEvent {
     pub id: Uuid,
     pub seq: i64,
@@ -219,6 +219,8 @@ pub struct DeliveryRow {
     /// Attempts so far that the platform answered with a rate limit.
     pub rate_limited: i32,
     pub trace_id: String,
+    /// No later part of the same reply follows: delivering this one queues nothing.
+    pub last_part: bool,
 }
 
 /// What became of a delivery attempt.

@@ -185,6 +185,6 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
             "delivery is dead"
         ),
     }
-    store.finish_attempt(job, outcome).await?;
+    store.finish_attempt(job, outcome, row.last_part).await?;
     Ok(())
 }

@@ -141,17 +141,13 @@ async fn drain(
         TurnMode::PerMessage => 1,
     };
     loop {
-        let Some(session) = store.session_info(lease.session_id).await? else {
+        let Some((session, events)) = store
+            .turn_inputs(lease.session_id, if give_up_first { 1 } else { limit })
+            .await?
+        else {
             tracing::info!("the session was forgotten; nothing to answer");
             return Ok(());
         };
-        let events = store
-            .pending_events(
-                lease.session_id,
-                session.processed_seq,
-                if give_up_first { 1 } else { limit },
-            )
-            .await?;
         if !events.is_empty() {
             let committed = answer(context, lease, &session, &events, give_up_first).await?;
             give_up_first = false;

@@ -130,6 +130,82 @@ async fn a_first_attempt_cut_short_by_shutdown_goes_back_on_the_queue() {
     app.stop().await;
 }
 
+/// A rerun of an attempt (its job recovered while the first run still sends)
+/// waits for the first run's lock on the delivery, and then sees the outcome
+/// the first run recorded: it sends nothing. Without a concurrent run, a rerun
+/// of an attempt that has no outcome sends again.
+#[tokio::test]
+async fn a_rerun_of_an_attempt_sees_the_outcome_its_first_run_recorded_meanwhile() {
+    let mut app = TestApp::spawn_with_worker(TestConfig {
+        shutdown_grace: "300ms",
+        ..TestConfig::default()
+    })
+    .await;
+    app.platform
+        .script(&[PlatformMode::Stall(Duration::from_secs(10))]);
+    app.post_message(&TestMessage::direct("r1", "ria", "ria:hi"))
+        .await;
+    app.wait_until(
+        "SELECT count(*) FROM delivery_attempts",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The attempt is cut short: its row has no outcome, the delivery is pending.
+    app.stop_workers().await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM delivery_attempts WHERE finished_at IS NULL")
+            .await,
+        1
+    );
+    let (delivery_id, trace_id): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, trace_id FROM deliveries")
+            .fetch_one(app.pg())
+            .await
+            .unwrap();
+    let job = microclaw_jobs::DeliveryJob::new(delivery_id, 1, trace_id);
+    let store = app.deployment.store.clone();
+
+    // The first run holds the delivery while it records its outcome.
+    let mut first_run = app.pg().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
+        .bind(delivery_id)
+        .execute(&mut *first_run)
+        .await
+        .unwrap();
+    let rerun = tokio::spawn({
+        let (store, job) = (store.clone(), job.clone());
+        async move { store.begin_attempt(&job).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rerun.is_finished(), "the rerun waits for the first run");
+    sqlx::query(
+        "UPDATE delivery_attempts SET finished_at = now(), outcome = 'retryable'
+          WHERE delivery_id = $1 AND attempt = 1",
+    )
+    .bind(delivery_id)
+    .execute(&mut *first_run)
+    .await
+    .unwrap();
+    first_run.commit().await.unwrap();
+    assert!(
+        rerun.await.unwrap().unwrap().is_none(),
+        "the attempt has an outcome: nothing to send"
+    );
+
+    // Without an outcome, a rerun sends again.
+    app.execute("UPDATE delivery_attempts SET finished_at = NULL, outcome = NULL")
+        .await;
+    let row = store.begin_attempt(&job).await.unwrap().expect("a rerun");
+    assert!(row.last_part);
+    assert_eq!(
+        app.strings("SELECT coalesce(error, '-') FROM delivery_attempts")
+            .await,
+        ["previous run of this attempt was interrupted"]
+    );
+    app.stop().await;
+}
+
 /// A first attempt's claim is an update whose answer can be lost after it
 /// committed; it is then tried again with the same token, which takes the job
 /// that claim holds, and only that. The consumer putting its unfinished jobs

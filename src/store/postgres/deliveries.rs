@@ -4,9 +4,9 @@
 //! queue job ([`microclaw_jobs::DeliveryJob`]) and its own `delivery_attempts` row.
 //! [`begin_attempt`] refuses to send when the delivery is no longer pending or
 //! when this attempt already has an outcome (its job ran before and only the queue
-//! ack was lost). [`finish_attempt`] records the outcome and, in the same
-//! transaction, either marks the delivery delivered or dead, or queues the next
-//! attempt with its wait, so a crash never loses or doubles the schedule.
+//! ack was lost). [`finish_attempt`] records the outcome and, atomically with it,
+//! either marks the delivery delivered or dead, or queues the next attempt with
+//! its wait, so a crash never loses or doubles the schedule.
 //!
 //! Parts of one reply go out in order: only the first part's job is queued with
 //! the turn; each delivered part queues the next, and a dead part takes the later
@@ -27,15 +27,24 @@ use crate::store::{
 use microclaw_jobs::DeliveryJob;
 
 /// Marks the start of an attempt; None when there is nothing to send.
+///
+/// Two statements in one transaction, on purpose: the first locks the delivery
+/// row and so waits for a concurrent run of the same attempt; the second then
+/// reads the attempt with a snapshot taken after that wait, and sees its
+/// outcome. One statement would read the attempt with its snapshot from before
+/// the wait, and send a second time.
 pub async fn begin_attempt(
     pool: &PgPool,
     job: &DeliveryJob,
 ) -> Result<Option<DeliveryRow>, StoreError> {
     let mut tx = pool.begin().await?;
     let row: Option<DeliveryRow> = sqlx::query_as(
-        "SELECT id, connector_id, channel, target, part, text, status, attempts, max_attempts,
-                rate_limited, trace_id
-           FROM deliveries WHERE id = $1 FOR UPDATE",
+        "SELECT d.id, d.connector_id, d.channel, d.target, d.part, d.text, d.status, d.attempts,
+                d.max_attempts, d.rate_limited, d.trace_id,
+                NOT EXISTS (SELECT 1 FROM deliveries n
+                             WHERE n.turn_id = d.turn_id AND n.connector_id = d.connector_id
+                               AND n.part = d.part + 1) AS last_part
+           FROM deliveries d WHERE d.id = $1 FOR UPDATE OF d",
     )
     .bind(job.delivery_id)
     .fetch_optional(&mut *tx)
@@ -46,86 +55,114 @@ pub async fn begin_attempt(
     if row.status != "pending" {
         return Ok(None);
     }
-    let finished: Option<bool> = sqlx::query_scalar(
-        "SELECT finished_at IS NOT NULL FROM delivery_attempts WHERE delivery_id = $1 AND attempt = $2",
+    // An attempt with an outcome ran before (only its queue ack was lost). A row
+    // without one means this attempt's worker died mid-send: it is rerun.
+    let started: bool = sqlx::query_scalar(
+        "WITH finished AS (
+             SELECT 1 FROM delivery_attempts
+              WHERE delivery_id = $1 AND attempt = $2 AND finished_at IS NOT NULL),
+         started AS (
+             INSERT INTO delivery_attempts (delivery_id, attempt)
+             SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM finished)
+             ON CONFLICT (delivery_id, attempt) DO UPDATE
+                SET started_at = now(), error = 'previous run of this attempt was interrupted'),
+         counted AS (
+             UPDATE deliveries SET attempts = $2
+              WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM finished))
+         SELECT NOT EXISTS (SELECT 1 FROM finished)",
     )
     .bind(job.delivery_id)
     .bind(job.attempt as i32)
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    if finished == Some(true) {
+    if !started {
         return Ok(None);
     }
-    // A row without an outcome means this attempt's worker died mid-send; it is rerun.
-    sqlx::query(
-        "INSERT INTO delivery_attempts (delivery_id, attempt) VALUES ($1, $2)
-         ON CONFLICT (delivery_id, attempt) DO UPDATE
-            SET started_at = now(), error = 'previous run of this attempt was interrupted'",
-    )
-    .bind(job.delivery_id)
-    .bind(job.attempt as i32)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE deliveries SET attempts = $2 WHERE id = $1")
-        .bind(job.delivery_id)
-        .bind(job.attempt as i32)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     row.attempts = job.attempt as i32;
     Ok(Some(row))
 }
 
+/// A statement that finishes the attempt's row (`$1` delivery, `$2` outcome,
+/// `$3` status code, `$4` error, `$5` attempt) and then does `$rest`.
+macro_rules! finishing {
+    ($rest:literal) => {
+        concat!(
+            "WITH finished AS (
+                 UPDATE delivery_attempts
+                    SET finished_at = now(), outcome = $2, status_code = $3, error = $4
+                  WHERE delivery_id = $1 AND attempt = $5)",
+            $rest
+        )
+    };
+}
+
+/// Records an attempt's outcome and what follows from it, atomically: one
+/// statement when nothing is queued (a last part delivered, a dead delivery),
+/// a transaction with the queued job otherwise.
 pub async fn finish_attempt(
     pool: &PgPool,
     job: &DeliveryJob,
     outcome: AttemptOutcome<'_>,
+    last_part: bool,
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
     let (label, status_code, error) = outcome.attempt_fields();
-    sqlx::query(
-        "UPDATE delivery_attempts SET finished_at = now(), outcome = $3, status_code = $4, error = $5
-          WHERE delivery_id = $1 AND attempt = $2",
-    )
-    .bind(job.delivery_id)
-    .bind(job.attempt as i32)
-    .bind(label)
-    .bind(status_code)
-    .bind(&error)
-    .execute(&mut *tx)
-    .await?;
     match outcome {
-        AttemptOutcome::Delivered => {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL
-                  WHERE id = $1 AND status = 'pending'",
-            )
+        AttemptOutcome::Delivered if last_part => {
+            sqlx::query(finishing!(
+                "
+                 UPDATE deliveries SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL
+                  WHERE id = $1 AND status = 'pending'"
+            ))
             .bind(job.delivery_id)
-            .execute(&mut *tx)
+            .bind(label)
+            .bind(status_code)
+            .bind(&error)
+            .bind(job.attempt as i32)
+            .execute(pool)
             .await?;
+        }
+        AttemptOutcome::Delivered => {
+            let mut tx = pool.begin().await?;
             // The next part of the same reply goes out only now, so parts arrive in order.
-            let next: Option<uuid::Uuid> = sqlx::query_scalar(
-                "SELECT n.id FROM deliveries d
+            let next: Option<uuid::Uuid> = sqlx::query_scalar(finishing!(
+                ",
+                 delivered AS (
+                     UPDATE deliveries SET status = 'delivered', delivered_at = now(),
+                            next_attempt_at = NULL
+                      WHERE id = $1 AND status = 'pending')
+                 SELECT n.id FROM deliveries d
                    JOIN deliveries n ON n.turn_id = d.turn_id AND n.connector_id = d.connector_id
                                     AND n.part = d.part + 1 AND n.status = 'pending' AND n.attempts = 0
-                  WHERE d.id = $1",
-            )
+                  WHERE d.id = $1"
+            ))
             .bind(job.delivery_id)
+            .bind(label)
+            .bind(status_code)
+            .bind(&error)
+            .bind(job.attempt as i32)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(next) = next {
                 let next = DeliveryJob::new(next, 1, job.trace_id.clone());
                 enqueue_delivery(&mut tx, &next, None).await?;
             }
+            tx.commit().await?;
         }
         AttemptOutcome::RetryAfter(e, wait) => {
-            sqlx::query(
-                "UPDATE deliveries
-                    SET next_attempt_at = now() + $2, error_class = $3, last_error = $4,
-                        rate_limited = rate_limited + CASE WHEN $3 = 'rate_limited' THEN 1 ELSE 0 END
-                  WHERE id = $1 AND status = 'pending'",
-            )
+            let mut tx = pool.begin().await?;
+            sqlx::query(finishing!(
+                "
+                 UPDATE deliveries
+                    SET next_attempt_at = now() + $6, error_class = $7, last_error = $8,
+                        rate_limited = rate_limited + CASE WHEN $7 = 'rate_limited' THEN 1 ELSE 0 END
+                  WHERE id = $1 AND status = 'pending'"
+            ))
             .bind(job.delivery_id)
+            .bind(label)
+            .bind(status_code)
+            .bind(&error)
+            .bind(job.attempt as i32)
             .bind(PgInterval {
                 months: 0,
                 days: 0,
@@ -137,36 +174,37 @@ pub async fn finish_attempt(
             .await?;
             let next = DeliveryJob::new(job.delivery_id, job.attempt + 1, job.trace_id.clone());
             enqueue_delivery(&mut tx, &next, Some(wait)).await?;
+            tx.commit().await?;
         }
         AttemptOutcome::Dead(e, reason) => {
-            sqlx::query(
-                "UPDATE deliveries
-                    SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
-                        error_class = $2, last_error = $3
-                  WHERE id = $1 AND status = 'pending'",
-            )
-            .bind(job.delivery_id)
-            .bind(reason.error_class())
-            .bind(without_nul(&e.to_string()).into_owned())
-            .execute(&mut *tx)
-            .await?;
             // Later parts of the reply would arrive without this one: they go to the
             // admin queue with it, to be retried in order.
-            sqlx::query(
-                "UPDATE deliveries n
+            sqlx::query(finishing!(
+                ",
+                 dead AS (
+                     UPDATE deliveries
+                        SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
+                            error_class = $6, last_error = $7
+                      WHERE id = $1 AND status = 'pending')
+                 UPDATE deliveries n
                     SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
                         error_class = 'earlier_part_failed',
                         last_error = 'part ' || d.part || ' of this reply could not be delivered'
                    FROM deliveries d
                   WHERE d.id = $1 AND n.turn_id = d.turn_id AND n.connector_id = d.connector_id
-                    AND n.part > d.part AND n.status = 'pending'",
-            )
+                    AND n.part > d.part AND n.status = 'pending'"
+            ))
             .bind(job.delivery_id)
-            .execute(&mut *tx)
+            .bind(label)
+            .bind(status_code)
+            .bind(&error)
+            .bind(job.attempt as i32)
+            .bind(reason.error_class())
+            .bind(without_nul(&e.to_string()).into_owned())
+            .execute(pool)
             .await?;
         }
     }
-    tx.commit().await?;
     Ok(())
 }
 

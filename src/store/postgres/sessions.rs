@@ -30,7 +30,7 @@ use super::{Enqueue, enqueue};
 use crate::store::{
     StoreError,
     records::{
-        Lease, LeaseState, PendingEvent, Release, TurnCommit, TurnRecord, without_nul,
+        Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit, TurnRecord, without_nul,
         without_nul_parts,
     },
 };
@@ -156,6 +156,42 @@ pub async fn pending_events(
     .bind(limit)
     .fetch_all(pool)
     .await?)
+}
+
+/// The session and up to `limit` of its unanswered events, in one statement
+/// (so in one snapshot): `portable::memory::session_info` and [`pending_events`]
+/// together.
+pub async fn turn_inputs(
+    pool: &PgPool,
+    session_id: Uuid,
+    limit: i64,
+) -> Result<Option<(SessionInfo, Vec<PendingEvent>)>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Inputs {
+        #[sqlx(flatten)]
+        session: SessionInfo,
+        events: sqlx::types::Json<Vec<PendingEvent>>,
+    }
+    let inputs: Option<Inputs> = sqlx::query_as(
+        "SELECT s.agent, s.processed_seq, s.is_group, s.identity_id, s.conversation_key,
+                t.id AS transcript_id, t.summary, t.summarized_through,
+                COALESCE((SELECT json_agg(e ORDER BY e.seq)
+                            FROM (SELECT id, seq, connector_id, platform_message_id, sender_id,
+                                         sender_name, conversation_id, thread_id, is_group, text,
+                                         attachments, trace_id, identity_id
+                                    FROM inbound_events
+                                   WHERE session_id = s.id AND seq > s.processed_seq
+                                   ORDER BY seq
+                                   LIMIT $2) e),
+                         '[]') AS events
+           FROM sessions s JOIN sessions t ON t.id = COALESCE(s.merged_into, s.id)
+          WHERE s.id = $1",
+    )
+    .bind(session_id)
+    .bind(limit)
+    .fetch_optional(pool)
+    .await?;
+    Ok(inputs.map(|inputs| (inputs.session, inputs.events.0)))
 }
 
 /// Commits a turn: transcript, event marks, `processed_seq`, deliveries and their

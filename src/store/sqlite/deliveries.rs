@@ -15,9 +15,12 @@ pub async fn begin_attempt(
 ) -> Result<Option<DeliveryRow>, StoreError> {
     let mut tx = begin_write(pool).await?;
     let row: Option<DeliveryRow> = sqlx::query_as(
-        "SELECT id, connector_id, channel, target, part, text, status, attempts, max_attempts,
-                rate_limited, trace_id
-           FROM deliveries WHERE id = ?1",
+        "SELECT d.id, d.connector_id, d.channel, d.target, d.part, d.text, d.status, d.attempts,
+                d.max_attempts, d.rate_limited, d.trace_id,
+                NOT EXISTS (SELECT 1 FROM deliveries n
+                             WHERE n.turn_id = d.turn_id AND n.connector_id = d.connector_id
+                               AND n.part = d.part + 1) AS last_part
+           FROM deliveries d WHERE d.id = ?1",
     )
     .bind(job.delivery_id)
     .fetch_optional(&mut *tx)
@@ -62,6 +65,7 @@ pub async fn finish_attempt(
     pool: &SqlitePool,
     job: &DeliveryJob,
     outcome: AttemptOutcome<'_>,
+    last_part: bool,
 ) -> Result<(), StoreError> {
     let mut tx = begin_write(pool).await?;
     let (label, status_code, error) = outcome.attempt_fields();
@@ -88,6 +92,10 @@ pub async fn finish_attempt(
             .bind(job.delivery_id)
             .execute(&mut *tx)
             .await?;
+            if last_part {
+                tx.commit().await?;
+                return Ok(());
+            }
             let next: Option<uuid::Uuid> = sqlx::query_scalar(
                 "SELECT n.id FROM deliveries d
                    JOIN deliveries n ON n.turn_id = d.turn_id AND n.connector_id = d.connector_id
