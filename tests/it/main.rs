@@ -19,6 +19,7 @@ mod metrics;
 mod ordering;
 mod pacing;
 mod pipeline;
+mod queue_fetch;
 mod queue_wakeups;
 mod receiver;
 mod router;
