@@ -3,7 +3,7 @@
 //! minutes.
 //!
 //! a. Ingest: a receiver alone, 256 closed-loop clients for 15 s, one transaction
-//!    per webhook (baseline) and then group commit (up to 128 a batch, two
+//!    per webhook (baseline) and then group commit (up to 128 a batch, four
 //!    batches written at once).
 //! b. Runtime overhead: `all`, 200 messages/s open loop over 1,000 sessions for
 //!    30 s, a 50 ms model.
@@ -132,7 +132,7 @@ pub async fn run(json_path: Option<PathBuf>) -> anyhow::Result<bool> {
     let grouped = scenario(
         "a. ingest, group commit",
         &format!(
-            "{INGEST} --group-commit-batch 128 --group-commit-wait 2ms --group-commit-writers 2"
+            "{INGEST} --group-commit-batch 128 --group-commit-wait 2ms --group-commit-writers 4"
         ),
     )
     .await?;

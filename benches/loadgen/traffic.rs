@@ -16,7 +16,10 @@ use std::{
 
 use microclaw::channels::standard_webhooks::SigningKey;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
 
 use crate::fakes::Token;
 
@@ -91,7 +94,7 @@ impl Sender {
     }
 
     /// The signed webhook carrying `token`.
-    fn request(&self, token: Token) -> reqwest::RequestBuilder {
+    fn webhook(&self, token: Token) -> Webhook {
         let now = chrono::Utc::now().timestamp();
         match self.channel_of(token) {
             Channel::Custom => {
@@ -110,13 +113,15 @@ impl Sender {
                 .to_string();
                 let webhook_id = format!("wh-{token}");
                 let signature = self.custom_key.sign(&webhook_id, now, body.as_bytes());
-                self.http
-                    .post(format!("{}/hooks/custom", self.receiver_url))
-                    .header("content-type", "application/json")
-                    .header("webhook-id", webhook_id)
-                    .header("webhook-timestamp", now.to_string())
-                    .header("webhook-signature", signature)
-                    .body(body)
+                Webhook {
+                    path: "/hooks/custom",
+                    headers: vec![
+                        ("webhook-id", webhook_id),
+                        ("webhook-timestamp", now.to_string()),
+                        ("webhook-signature", signature),
+                    ],
+                    body,
+                }
             }
             Channel::Slack => {
                 let body = json!({
@@ -142,21 +147,31 @@ impl Sender {
                     &timestamp,
                     body.as_bytes(),
                 );
-                self.http
-                    .post(format!("{}/hooks/slack", self.receiver_url))
-                    .header("content-type", "application/json")
-                    .header("X-Slack-Request-Timestamp", timestamp)
-                    .header("X-Slack-Signature", signature)
-                    .body(body)
+                Webhook {
+                    path: "/hooks/slack",
+                    headers: vec![
+                        ("X-Slack-Request-Timestamp", timestamp),
+                        ("X-Slack-Signature", signature),
+                    ],
+                    body,
+                }
             }
         }
     }
 
     async fn send(&self, token: Token, scheduled: Instant) -> Sent {
-        let outcome = match self.request(token).send().await {
+        let webhook = self.webhook(token);
+        let mut request = self
+            .http
+            .post(format!("{}{}", self.receiver_url, webhook.path))
+            .header("content-type", "application/json");
+        for (name, value) in webhook.headers {
+            request = request.header(name, value);
+        }
+        let outcome = match request.body(webhook.body).send().await {
             Ok(response) if response.status().is_success() => {
-                let answer: serde_json::Value = response.json().await.unwrap_or_default();
-                Outcome::Acknowledged(answer["status"].as_str().unwrap_or("").to_owned())
+                let answer: Answer = response.json().await.unwrap_or_default();
+                Outcome::Acknowledged(answer.status)
             }
             Ok(response) => Outcome::Rejected(response.status().as_u16()),
             Err(_) => Outcome::Failed,
@@ -167,6 +182,143 @@ impl Sender {
             answered: Instant::now(),
             outcome,
         }
+    }
+
+    /// Sends the webhook carrying `token` on `connection` (opened when there is
+    /// none, dropped after an error): a closed-loop client's keep-alive
+    /// connection, written and read as plain HTTP/1.1.
+    async fn send_on(&self, connection: &mut Option<Connection>, token: Token) -> Sent {
+        let scheduled = Instant::now();
+        let webhook = self.webhook(token);
+        let outcome = match self.exchange(connection, &webhook).await {
+            Ok((status, _)) if !(200..300).contains(&status) => Outcome::Rejected(status),
+            Ok((_, body)) => Outcome::Acknowledged(
+                serde_json::from_slice::<Answer>(&body)
+                    .unwrap_or_default()
+                    .status,
+            ),
+            Err(_) => {
+                *connection = None;
+                Outcome::Failed
+            }
+        };
+        Sent {
+            token,
+            scheduled,
+            answered: Instant::now(),
+            outcome,
+        }
+    }
+
+    /// One request and its response's status and body.
+    async fn exchange(
+        &self,
+        connection: &mut Option<Connection>,
+        webhook: &Webhook,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let connection = match connection {
+            Some(connection) => connection,
+            None => connection.insert(Connection::open(&self.receiver_url).await?),
+        };
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            webhook.path,
+            connection.host,
+            webhook.body.len()
+        );
+        for (name, value) in &webhook.headers {
+            request.push_str(name);
+            request.push_str(": ");
+            request.push_str(value);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        request.push_str(&webhook.body);
+        connection.stream.write_all(request.as_bytes()).await?;
+        connection.read_response().await
+    }
+}
+
+/// A signed webhook: where it goes, its signature headers, its body.
+struct Webhook {
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+/// What of the receiver's answer a run records.
+#[derive(Default, serde::Deserialize)]
+struct Answer {
+    #[serde(default)]
+    status: String,
+}
+
+/// A closed-loop client's HTTP/1.1 keep-alive connection to the receiver.
+/// Cheaper per request than a pooled client, so the load generator, which
+/// shares the machine's two cores with what it measures, takes less of them.
+pub struct Connection {
+    stream: tokio::net::TcpStream,
+    host: String,
+    /// Bytes read and not yet consumed.
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(base_url: &str) -> std::io::Result<Self> {
+        let host = base_url
+            .strip_prefix("http://")
+            .unwrap_or(base_url)
+            .trim_end_matches('/')
+            .to_owned();
+        let stream = tokio::net::TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            host,
+            buffer: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Reads one response with a `content-length`: its status and body.
+    async fn read_response(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let head_end = loop {
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buffer[..head_end]).map_err(|_| invalid("head"))?;
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| invalid("status line"))?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| invalid("content-length"))?;
+        while self.buffer.len() < head_end + length {
+            self.fill().await?;
+        }
+        let body = self.buffer[head_end..head_end + length].to_vec();
+        self.buffer.drain(..head_end + length);
+        Ok((status, body))
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(())
     }
 }
 
@@ -193,7 +345,8 @@ pub async fn open_loop(sender: Arc<Sender>, rate: f64, messages: u64) -> Vec<Sen
 }
 
 /// `clients` concurrent clients, each sending its next webhook as soon as the
-/// previous one was answered, until `duration` has passed.
+/// previous one was answered, until `duration` has passed, each on a
+/// keep-alive connection of its own.
 pub async fn closed_loop(sender: Arc<Sender>, clients: usize, duration: Duration) -> Vec<Sent> {
     let next = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + duration;
@@ -202,9 +355,10 @@ pub async fn closed_loop(sender: Arc<Sender>, clients: usize, duration: Duration
             let (sender, next) = (sender.clone(), next.clone());
             tokio::spawn(async move {
                 let mut sent = Vec::new();
+                let mut connection = None;
                 while Instant::now() < end {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    sent.push(sender.send(sender.token(k), Instant::now()).await);
+                    sent.push(sender.send_on(&mut connection, sender.token(k)).await);
                 }
                 sent
             })
