@@ -346,16 +346,22 @@ pub async fn open_loop(sender: Arc<Sender>, rate: f64, messages: u64) -> Vec<Sen
 
 /// `clients` concurrent clients, each sending its next webhook as soon as the
 /// previous one was answered, until `duration` has passed, each on a
-/// keep-alive connection of its own.
+/// keep-alive connection of its own. The connections are opened one after the
+/// other before the clock starts: opened all at once, a few of them waited
+/// about a second to be accepted, which is the listen queue, not ingest.
 pub async fn closed_loop(sender: Arc<Sender>, clients: usize, duration: Duration) -> Vec<Sent> {
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(Connection::open(&sender.receiver_url).await.ok());
+    }
     let next = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + duration;
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
             let (sender, next) = (sender.clone(), next.clone());
             tokio::spawn(async move {
                 let mut sent = Vec::new();
-                let mut connection = None;
                 while Instant::now() < end {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     sent.push(sender.send_on(&mut connection, sender.token(k)).await);
