@@ -256,7 +256,7 @@ struct Answer {
 /// A closed-loop client's HTTP/1.1 keep-alive connection to the receiver.
 /// Cheaper per request than a pooled client, so the load generator, which
 /// shares the machine's two cores with what it measures, takes less of them.
-pub struct Connection {
+struct Connection {
     stream: tokio::net::TcpStream,
     host: String,
     /// Bytes read and not yet consumed.

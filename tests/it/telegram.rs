@@ -7,13 +7,18 @@ use serde_json::{Value, json};
 
 use crate::{
     fakes::FakeApi,
-    helpers::{TELEGRAM_SECRET, TELEGRAM_TOKEN, TestApp, TestConfig},
+    helpers::{Backend, TELEGRAM_SECRET, TELEGRAM_TOKEN, TestApp, TestConfig},
 };
 
 const SAMPLE: &str = include_str!("../fixtures/telegram.json");
 
 async fn spawn(telegram: &FakeApi) -> TestApp {
+    spawn_on(telegram, Backend::Postgres).await
+}
+
+async fn spawn_on(telegram: &FakeApi, backend: Backend) -> TestApp {
     TestApp::spawn_with_worker(TestConfig {
+        backend,
         extra: format!(
             r#"
 [[connectors]]
@@ -210,10 +215,11 @@ fn long_update(update_id: u32) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_long_reply_arrives_in_parts_in_order() {
+/// Each delivered part queues the next; the last one queues nothing
+/// (`DeliveryRow::last_part`).
+async fn a_long_reply_arrives_in_parts_in_order(backend: Backend) {
     let telegram = FakeApi::start().await;
-    let app = spawn(&telegram).await;
+    let app = spawn_on(&telegram, backend).await;
     assert_eq!(
         post_update(&app, &long_update(903), Some(TELEGRAM_SECRET))
             .await
@@ -251,11 +257,10 @@ async fn a_long_reply_arrives_in_parts_in_order() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn when_a_part_is_dead_the_later_parts_wait_in_the_admin_queue() {
+async fn when_a_part_is_dead_the_later_parts_wait_in_the_admin_queue(backend: Backend) {
     let telegram = FakeApi::start().await;
     telegram.script(403, json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}));
-    let app = spawn(&telegram).await;
+    let app = spawn_on(&telegram, backend).await;
     post_update(&app, &long_update(904), Some(TELEGRAM_SECRET)).await;
     app.wait_until(
         "SELECT count(*) FROM deliveries WHERE status = 'dead'",
@@ -279,3 +284,8 @@ async fn when_a_part_is_dead_the_later_parts_wait_in_the_admin_queue() {
     );
     app.stop().await;
 }
+
+crate::on_both_backends!(
+    a_long_reply_arrives_in_parts_in_order,
+    when_a_part_is_dead_the_later_parts_wait_in_the_admin_queue,
+);
