@@ -525,10 +525,9 @@ pub async fn requeue_stranded_sessions(
     turn_job_attempts: usize,
 ) -> Result<u64, StoreError> {
     let stranded: Vec<(Uuid, Uuid, String)> =
-        sqlx::query_as(sql("SELECT s.id, e.id, e.trace_id FROM sessions s
-           JOIN inbound_events e ON e.session_id = s.id AND e.seq = s.processed_seq + 1
-          WHERE s.last_inbound_seq > s.processed_seq AND s.lease_owner IS NULL
-            AND e.status = 'pending' AND e.received_at < $1
+        sqlx::query_as(sql("SELECT s.id, e.id, e.trace_id FROM inbound_events e
+           JOIN sessions s ON s.id = e.session_id AND s.processed_seq + 1 = e.seq
+          WHERE e.status = 'pending' AND e.received_at < $1 AND s.lease_owner IS NULL
           LIMIT 100"))
         .bind(cutoff)
         .fetch_all(pool)
