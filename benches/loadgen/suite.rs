@@ -2,7 +2,7 @@
 //! each against a baseline or a target measured in the same run, in about four
 //! minutes.
 //!
-//! a. Ingest: a receiver alone, 256 closed-loop clients for 15 s, one transaction
+//! a. Ingest: a receiver alone, 128 closed-loop clients for 15 s, one transaction
 //!    per webhook (baseline) and then group commit (up to 128 a batch, four
 //!    batches written at once).
 //! b. Runtime overhead: `all`, 200 messages/s open loop over 1,000 sessions for
@@ -123,7 +123,7 @@ pub async fn run(json_path: Option<PathBuf>) -> anyhow::Result<bool> {
     let mut verdicts = Vec::new();
     let mut reports = Vec::new();
 
-    const INGEST: &str = "--ingest-only --closed-loop 256 --duration 15s --sessions 1000";
+    const INGEST: &str = "--ingest-only --closed-loop 128 --duration 15s --sessions 1000";
     let single = scenario(
         "a. ingest, one transaction per webhook (baseline)",
         &format!("{INGEST} --group-commit-batch 1"),
