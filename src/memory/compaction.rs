@@ -3,7 +3,9 @@
 //!
 //! Runs in the worker right after a turn committed (its reply is already queued
 //! for delivery), still under the session lease, when more than
-//! `memory.compact_after` messages follow the summary mark. It folds all but the
+//! `memory.compact_after` messages follow the summary mark: the turn's commit
+//! counts them ([`check`]) and keeps the lease only then, releasing it with the
+//! commit otherwise. It folds all but the
 //! newest `memory.keep_recent` messages, cutting only just before a user message,
 //! so a tool call and its result always stay on the same side. The new summary and
 //! mark are written fenced by the lease: a worker that lost the session writes
@@ -12,8 +14,9 @@
 
 use crate::{
     config::MemoryConfig,
-    providers::{ChatRequest, Message, Part, Role, router::Router},
-    store::{HistoryMessage, Lease, SessionInfo, Store, StoreError},
+    deployment::Deployment,
+    providers::{ChatRequest, Message, Part, Role},
+    store::{CompactionCheck, HistoryMessage, Lease, SessionInfo, StoreError},
 };
 
 /// Characters of one message given to the summarizer at most.
@@ -39,21 +42,32 @@ pub fn fold_count(
     (1..=target).rev().find(|&k| unsummarized[k].role == "user")
 }
 
+/// The check a turn's commit makes for [`compact_if_needed`] (the commit keeps
+/// the lease when compaction is due).
+pub fn check(config: &MemoryConfig, session: &SessionInfo) -> CompactionCheck {
+    CompactionCheck {
+        transcript_id: session.transcript_id,
+        summarized_through: session.summarized_through,
+        compact_after: config.compact_after,
+    }
+}
+
 /// Folds the oldest messages of the session's transcript into its summary when
-/// the session outgrew `memory.compact_after`. Returns whether it did.
+/// the session outgrew `memory.compact_after`, given the `total` of messages
+/// after the summary mark its turn's commit counted. Returns whether it did.
 pub async fn compact_if_needed(
-    store: &Store,
-    router: &Router,
+    deployment: &Deployment,
     route: &str,
-    config: &MemoryConfig,
     lease: Lease,
     session: &SessionInfo,
+    total: i64,
     trace_id: &str,
 ) -> Result<bool, StoreError> {
-    let cap = config.compact_after * 4;
-    let total = store
-        .unsummarized_count(session.transcript_id, session.summarized_through, cap)
-        .await?;
+    let (store, router, config) = (
+        &deployment.store,
+        &deployment.router,
+        &deployment.settings.memory,
+    );
     if total <= config.compact_after {
         return Ok(false);
     }

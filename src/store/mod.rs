@@ -361,19 +361,6 @@ impl Store {
         )
     }
 
-    /// How many messages follow the summary mark, counting no further than `cap`.
-    pub async fn unsummarized_count(
-        &self,
-        transcript_id: Uuid,
-        after_id: i64,
-        cap: i64,
-    ) -> Result<i64, StoreError> {
-        portable!(
-            self,
-            memory::unsummarized_count(transcript_id, after_id, cap)
-        )
-    }
-
     /// Stores a transcript's new summary, fenced by the session lease; false when fenced.
     pub async fn save_summary(
         &self,

@@ -169,6 +169,26 @@ pub struct TurnRecord<'a> {
     pub memory_writes: &'a [MemoryWrite],
     /// Messages the turn's tools scheduled for later.
     pub scheduled: &'a [PlannedSchedule],
+    /// What the commit checks before it releases the lease: a turn that may
+    /// compact its transcript keeps the lease when compaction is due.
+    pub compaction: Option<CompactionCheck>,
+}
+
+/// The transcript a turn would compact and when (see `memory::compaction`).
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionCheck {
+    pub transcript_id: Uuid,
+    /// The summary's mark as the turn read it.
+    pub summarized_through: i64,
+    /// Compaction is due past this many messages after the mark.
+    pub compact_after: i64,
+}
+
+impl CompactionCheck {
+    /// Counting stops here: past it the count says no more than "due".
+    pub fn cap(&self) -> i64 {
+        self.compact_after * 4
+    }
 }
 
 impl TurnRecord<'_> {
@@ -199,10 +219,23 @@ pub struct PlannedDelivery {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnCommit {
-    /// With the job of the first part of each delivery the turn queued.
-    Committed(Vec<microclaw_jobs::DeliveryJob>),
+    Committed(Committed),
     /// The lease was lost: another worker owns the session, nothing was written.
     Fenced,
+}
+
+/// What a committed turn left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Committed {
+    /// The job of the first part of each delivery the turn queued.
+    pub first_deliveries: Vec<microclaw_jobs::DeliveryJob>,
+    /// The lease was released with the commit: nothing arrived after the
+    /// turn's events and no compaction is due. Otherwise the holder goes on
+    /// (compacts, answers the newcomers) and releases later.
+    pub released: bool,
+    /// The transcript's messages after the summary mark, counted up to
+    /// [`CompactionCheck::cap`], when the turn was given a check.
+    pub unsummarized: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -8,6 +8,8 @@
 //! its dead lease to expire and reruns. The holder loops: read unanswered events
 //! (all of them in "collect" mode, one in "per_message" mode), call the model while
 //! extending the lease, commit the turn fenced by the lease epoch, release or loop.
+//! The commit itself releases the lease when nothing is left and no compaction
+//! is due, which saves the release its own synchronous commit.
 //!
 //! When the model keeps failing the user still gets an answer: the configured
 //! apology, committed like any reply, with the turn recorded as failed.
@@ -31,8 +33,8 @@ use crate::{
         router::{ModelCall, Router},
     },
     store::{
-        Lease, PendingEvent, PlannedDelivery, Release, SessionInfo, Store, StoreError, TurnCommit,
-        TurnRecord,
+        Committed, Lease, PendingEvent, PlannedDelivery, Release, SessionInfo, Store, StoreError,
+        TurnCommit, TurnRecord,
     },
     tools::{Toolbox, TurnScope},
 };
@@ -151,11 +153,16 @@ async fn drain(
         if !events.is_empty() {
             let committed = answer(context, lease, &session, &events, give_up_first).await?;
             give_up_first = false;
-            if committed == TurnCommit::Fenced {
-                tracing::warn!(
-                    "lease lost before commit; the new holder answers, this turn wrote nothing"
-                );
-                return Ok(());
+            match committed {
+                TurnCommit::Fenced => {
+                    tracing::warn!(
+                        "lease lost before commit; the new holder answers, this turn wrote nothing"
+                    );
+                    return Ok(());
+                }
+                // Nothing arrived meanwhile and no compaction was due.
+                TurnCommit::Committed(Committed { released: true, .. }) => return Ok(()),
+                TurnCommit::Committed(_) => {}
             }
         }
         match store.release_lease(lease, settings.session_lease.0).await? {
@@ -368,12 +375,14 @@ async fn answer(
                 .map(|_| super::first_attempt::FALLBACK_DELAY),
             memory_writes: &memory_writes,
             scheduled: &scheduled,
+            compaction: (route.is_some() && command.is_none())
+                .then(|| compaction::check(&settings.memory, session)),
         })
         .await?;
-    if let (Some(slot), Some(first_attempts), TurnCommit::Committed(jobs)) =
+    if let (Some(slot), Some(first_attempts), TurnCommit::Committed(turn)) =
         (first_attempt, &context.first_attempts, &committed)
     {
-        first_attempts.start(slot, deployment.clone(), jobs.clone());
+        first_attempts.start(slot, deployment.clone(), turn.first_deliveries.clone());
     }
     crate::metrics::turn(
         agent_name,
@@ -384,7 +393,7 @@ async fn answer(
         },
         (Utc::now() - started_at).to_std().unwrap_or_default(),
     );
-    if matches!(committed, TurnCommit::Committed(_)) {
+    if let TurnCommit::Committed(turn) = &committed {
         if let Some(analytics) = &deployment.analytics {
             analytics.record(turn_event(
                 TurnFacts {
@@ -413,17 +422,10 @@ async fn answer(
             "turn committed"
         );
         if let Some(route) = route
-            && command.is_none()
-            && let Err(e) = compaction::compact_if_needed(
-                store,
-                &deployment.router,
-                route,
-                &settings.memory,
-                lease,
-                session,
-                &trace_id,
-            )
-            .await
+            && let Some(total) = turn.unsummarized
+            && let Err(e) =
+                compaction::compact_if_needed(deployment, route, lease, session, total, &trace_id)
+                    .await
         {
             tracing::warn!(error = %e, "compaction failed; the next turn tries again");
         }

@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use microclaw::store::{MemoryWrite, PendingEvent, Release, TurnCommit, TurnRecord};
+use microclaw::store::{
+    Committed, CompactionCheck, MemoryWrite, PendingEvent, Release, TurnCommit, TurnRecord,
+};
 
 use crate::{
     fakes::ModelFault,
@@ -175,6 +177,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         first_delivery_after: None,
         memory_writes: &writes,
         scheduled: &[],
+        compaction: None,
     };
     assert_eq!(
         store.commit_turn(record(slow)).await.unwrap(),
@@ -183,15 +186,103 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM memories").await, 0);
+    // Nothing arrived after the event and no compaction was asked about: the
+    // commit released the lease itself.
     assert_eq!(
         store.commit_turn(record(fast)).await.unwrap(),
-        TurnCommit::Committed(Vec::new())
+        TurnCommit::Committed(Committed {
+            released: true,
+            ..Committed::default()
+        })
     );
     assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM memories").await, 1);
     assert_eq!(
+        store.lease_state(session_id).await.unwrap().lease_owner,
+        None
+    );
+    app.stop().await;
+}
+
+async fn a_turn_commit_keeps_the_lease_while_work_is_left(backend: Backend) {
+    let app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
+    let accepted: serde_json::Value = app
+        .post_message(&TestMessage::direct("kl1", "kim", "kim:one"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let session_id: uuid::Uuid = accepted["session_id"].as_str().unwrap().parse().unwrap();
+    app.post_message(&TestMessage::direct("kl2", "kim", "kim:two"))
+        .await;
+    let store = &app.deployment.store;
+    let lease = store
+        .try_acquire_lease(session_id, "w", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    let session = store.session_info(session_id).await.unwrap().unwrap();
+    let record = |events, compact_after| TurnRecord {
+        turn_id: uuid::Uuid::now_v7(),
+        agent: "assistant",
+        lease,
+        events,
+        steps: &[],
+        model_calls: &[],
+        reply: "answer",
+        model: Some("m"),
+        error: None,
+        model_attempts: 1,
+        started_at: chrono::Utc::now(),
+        trace_id: "t",
+        deliveries: Vec::new(),
+        delivery_max_attempts: 3,
+        lease_ttl: Duration::from_secs(5),
+        first_delivery_after: None,
+        memory_writes: &[],
+        scheduled: &[],
+        compaction: Some(CompactionCheck {
+            transcript_id: session.transcript_id,
+            summarized_through: session.summarized_through,
+            compact_after,
+        }),
+    };
+    let holder = || async {
         store
-            .release_lease(fast, Duration::from_secs(5))
+            .lease_state(session_id)
+            .await
+            .unwrap()
+            .lease_owner
+            .unwrap_or_default()
+    };
+
+    // The second message arrived after the first: the holder answers it next.
+    let TurnCommit::Committed(first) = store.commit_turn(record(&events[..1], 10)).await.unwrap()
+    else {
+        panic!("the lease holder's commit was fenced");
+    };
+    assert!(!first.released);
+    assert_eq!(first.unsummarized, Some(2), "the turn's own two messages");
+    assert_eq!(holder().await, "w");
+
+    // Nothing is left, but four messages follow the summary mark, past 3: the
+    // lease stays for the compaction.
+    let TurnCommit::Committed(second) = store.commit_turn(record(&events[1..], 3)).await.unwrap()
+    else {
+        panic!("the lease holder's commit was fenced");
+    };
+    assert!(!second.released);
+    assert_eq!(second.unsummarized, Some(4));
+    assert_eq!(holder().await, "w");
+    assert_eq!(
+        store
+            .release_lease(lease, Duration::from_secs(5))
             .await
             .unwrap(),
         Release::Released
@@ -203,6 +294,7 @@ crate::on_both_backends!(
     model_429_with_retry_after_is_retried_after_that_delay,
     a_model_that_keeps_failing_gets_the_user_the_apology,
     a_turn_whose_lease_was_taken_over_writes_nothing,
+    a_turn_commit_keeps_the_lease_while_work_is_left,
 );
 
 #[tokio::test]

@@ -78,23 +78,6 @@ pub async fn oldest_unsummarized(
     )
 }
 
-/// How many messages follow the summary mark, counting no further than `cap`.
-pub async fn unsummarized_count(
-    pool: &sqlx::Pool<Db>,
-    transcript_id: Uuid,
-    after_id: i64,
-    cap: i64,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(sql(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = $1 AND id > $2 LIMIT $3) AS unsummarized",
-    ))
-    .bind(transcript_id)
-    .bind(after_id)
-    .bind(cap)
-    .fetch_one(pool)
-    .await?)
-}
-
 /// Stores a new summary covering every message up to `through`, fenced by the
 /// lease of `lease.session_id` (whose transcript is `transcript_id`) and by the
 /// summary it was built from (`built_on`: summary and mark as read): a worker that

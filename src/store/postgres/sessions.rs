@@ -15,7 +15,8 @@
 //!   The receiver's bump and the release both lock the row, so one sees the other:
 //!   either the release fails and the holder loops to answer the newcomer (the
 //!   "collect" folding), or the release came first and the newcomer's own job
-//!   finds the lease free.
+//!   finds the lease free. [`commit_turn`] releases the same way, under the row
+//!   lock it already holds, unless a compaction is due (it runs under the lease).
 //! * A holder extends its lease while it waits on the model ([`extend`]). A worker
 //!   that dies stops extending; the queue recovers its job, which waits for the
 //!   lease to expire (the lease owner names the job, so the job recognizes its own
@@ -30,8 +31,8 @@ use super::{Enqueue, enqueue};
 use crate::store::{
     StoreError,
     records::{
-        Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit, TurnRecord, without_nul,
-        without_nul_parts,
+        Committed, Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit, TurnRecord,
+        without_nul, without_nul_parts,
     },
 };
 use microclaw_jobs::DeliveryJob;
@@ -198,7 +199,7 @@ pub async fn turn_inputs(
 /// jobs, in one transaction fenced by the lease epoch.
 pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnCommit, StoreError> {
     let (Some(first), Some(last)) = (turn.events.first(), turn.events.last()) else {
-        return Ok(TurnCommit::Committed(Vec::new()));
+        return Ok(TurnCommit::Committed(Committed::default()));
     };
     let mut tx = pool.begin().await?;
     // The transcript is looked up here, under the row lock: a merge of this
@@ -263,26 +264,42 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     }
     insert_transcript(&mut tx, &turn, transcript_id).await?;
 
-    // The events answered and the session's mark move together, in one statement.
+    // The events answered and the session's mark move together, in one
+    // statement, which also releases the lease when nothing arrived after the
+    // turn's events (the receiver's bump waits for this row lock, as it does
+    // for `release`) and no compaction is due (the transcript, this turn's
+    // messages included, counted as `memory::compaction` would).
     let event_ids: Vec<Uuid> = turn.events.iter().map(|e| e.id).collect();
-    sqlx::query(
+    let check = turn.compaction;
+    let (released, unsummarized): (bool, i64) = sqlx::query_as(
         "WITH answered AS (
              UPDATE inbound_events SET status = $2, turn_id = $3 WHERE id = ANY($1)
+         ), unsummarized AS (
+             SELECT COUNT(*) AS n
+               FROM (SELECT 1 FROM messages WHERE session_id = $7 AND id > $8 LIMIT $9) AS m
+         ), done AS (
+             SELECT s.last_inbound_seq <= $5 AND u.n <= $10 AS release
+               FROM sessions s, unsummarized u WHERE s.id = $4
          )
-         UPDATE sessions SET processed_seq = $5, lease_expires_at = now() + $6, updated_at = now()
-          WHERE id = $4",
+         UPDATE sessions
+            SET processed_seq = $5, updated_at = now(),
+                lease_owner = CASE WHEN done.release THEN NULL ELSE lease_owner END,
+                lease_expires_at = CASE WHEN done.release THEN NULL ELSE now() + $6 END
+           FROM done, unsummarized
+          WHERE id = $4
+          RETURNING done.release, unsummarized.n",
     )
     .bind(&event_ids)
-    .bind(if turn.error.is_some() {
-        "failed"
-    } else {
-        "answered"
-    })
+    .bind(turn.event_status())
     .bind(turn.turn_id)
     .bind(session_id)
     .bind(last.seq)
     .bind(interval(turn.lease_ttl))
-    .execute(&mut *tx)
+    .bind(check.map(|c| c.transcript_id))
+    .bind(check.map_or(0, |c| c.summarized_through))
+    .bind(check.map_or(0, |c| c.cap()))
+    .bind(check.map_or(i64::MAX, |c| c.compact_after))
+    .fetch_one(&mut *tx)
     .await?;
 
     super::memory::apply_writes(&mut tx, turn.memory_writes, turn.turn_id).await?;
@@ -326,7 +343,11 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
         }
     }
     tx.commit().await?;
-    Ok(TurnCommit::Committed(first_deliveries))
+    Ok(TurnCommit::Committed(Committed {
+        first_deliveries,
+        released,
+        unsummarized: check.map(|_| unsummarized),
+    }))
 }
 
 /// The turn's transcript in one statement, in order: the user messages, the

@@ -12,7 +12,7 @@ use super::{begin_write, enqueue, now_ms};
 use crate::store::{
     StoreError,
     records::{
-        Lease, LeaseState, PendingEvent, Release, TurnCommit, TurnRecord, without_nul,
+        Committed, Lease, LeaseState, PendingEvent, Release, TurnCommit, TurnRecord, without_nul,
         without_nul_parts,
     },
 };
@@ -140,7 +140,7 @@ pub async fn commit_turn(
     turn: TurnRecord<'_>,
 ) -> Result<TurnCommit, StoreError> {
     let (Some(first), Some(last)) = (turn.events.first(), turn.events.last()) else {
-        return Ok(TurnCommit::Committed(Vec::new()));
+        return Ok(TurnCommit::Committed(Committed::default()));
     };
     let mut tx = begin_write(pool).await?;
     // The transcript is looked up here, under the row lock: a merge of this
@@ -243,15 +243,31 @@ pub async fn commit_turn(
     .bind(turn.model)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE sessions SET processed_seq = ?2, lease_expires_ms = ?3,
+    // The lease is released with the commit when nothing arrived after the
+    // turn's events and no compaction is due (see the Postgres store).
+    let check = turn.compaction;
+    let unsummarized: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = ?1 AND id > ?2 LIMIT ?3)",
+    )
+    .bind(check.map(|c| c.transcript_id))
+    .bind(check.map_or(0, |c| c.summarized_through))
+    .bind(check.map_or(0, |c| c.cap()))
+    .fetch_one(&mut *tx)
+    .await?;
+    let compaction_due = check.is_some_and(|c| unsummarized > c.compact_after);
+    let released: bool = sqlx::query_scalar(
+        "UPDATE sessions SET processed_seq = ?2,
+                lease_owner = CASE WHEN last_inbound_seq <= ?2 AND NOT ?4 THEN NULL ELSE lease_owner END,
+                lease_expires_ms = CASE WHEN last_inbound_seq <= ?2 AND NOT ?4 THEN NULL ELSE ?3 END,
                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-          WHERE id = ?1",
+          WHERE id = ?1
+          RETURNING lease_owner IS NULL",
     )
     .bind(session_id)
     .bind(last.seq)
     .bind(now_ms() + ms(turn.lease_ttl))
-    .execute(&mut *tx)
+    .bind(compaction_due)
+    .fetch_one(&mut *tx)
     .await?;
 
     super::memory::apply_writes(&mut tx, turn.memory_writes, turn.turn_id).await?;
@@ -301,5 +317,9 @@ pub async fn commit_turn(
         }
     }
     tx.commit().await?;
-    Ok(TurnCommit::Committed(first_deliveries))
+    Ok(TurnCommit::Committed(Committed {
+        first_deliveries,
+        released,
+        unsummarized: check.map(|_| unsummarized),
+    }))
 }
