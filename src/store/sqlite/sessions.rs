@@ -246,15 +246,22 @@ pub async fn commit_turn(
     // The lease is released with the commit when nothing arrived after the
     // turn's events and no compaction is due (see the Postgres store).
     let check = turn.compaction;
-    let unsummarized: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = ?1 AND id > ?2 LIMIT ?3)",
-    )
-    .bind(check.map(|c| c.transcript_id))
-    .bind(check.map_or(0, |c| c.summarized_through))
-    .bind(check.map_or(0, |c| c.cap()))
-    .fetch_one(&mut *tx)
-    .await?;
-    let compaction_due = check.is_some_and(|c| unsummarized > c.compact_after);
+    let unsummarized = match check {
+        Some(check) => Some(
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = ?1 AND id > ?2 LIMIT ?3)",
+            )
+            .bind(check.transcript_id)
+            .bind(check.summarized_through)
+            .bind(check.cap())
+            .fetch_one(&mut *tx)
+            .await?,
+        ),
+        None => None,
+    };
+    let compaction_due = check
+        .zip(unsummarized)
+        .is_some_and(|(check, n)| n > check.compact_after);
     let released: bool = sqlx::query_scalar(
         "UPDATE sessions SET processed_seq = ?2,
                 lease_owner = CASE WHEN last_inbound_seq <= ?2 AND NOT ?4 THEN NULL ELSE lease_owner END,
@@ -320,6 +327,6 @@ pub async fn commit_turn(
     Ok(TurnCommit::Committed(Committed {
         first_deliveries,
         released,
-        unsummarized: check.map(|_| unsummarized),
+        unsummarized,
     }))
 }
