@@ -814,7 +814,7 @@ impl Store {
     pub async fn return_unfinished_jobs(
         &self,
         workers: &[String],
-        claims: &[postgres::deliveries::Claim],
+        claims: &[postgres::deliveries::ClaimToken],
     ) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::return_unfinished(pool, workers, claims).await,

@@ -161,10 +161,10 @@ pub struct TurnRecord<'a> {
     pub deliveries: Vec<PlannedDelivery>,
     pub delivery_max_attempts: u32,
     pub lease_ttl: Duration,
-    /// When the first part of each delivery is due in the queue: now (`None`),
-    /// or later when this worker makes the first attempt itself
-    /// (`worker::first_attempt`).
-    pub first_delivery_after: Option<Duration>,
+    /// The committing worker makes the first attempt of each delivery itself
+    /// (Postgres only, `worker::first_attempt`): the commit claims the first
+    /// parts' jobs for it. `None`: they are due in the queue at once.
+    pub first_attempt: Option<FirstAttemptClaim<'a>>,
     /// Memory the turn's tools wrote; committed with the turn.
     pub memory_writes: &'a [MemoryWrite],
     /// Messages the turn's tools scheduled for later.
@@ -172,6 +172,22 @@ pub struct TurnRecord<'a> {
     /// What the commit checks before it releases the lease: a turn that may
     /// compact its transcript keeps the lease when compaction is due.
     pub compaction: Option<CompactionCheck>,
+}
+
+/// How a turn's commit claims its first parts' jobs for the committing
+/// worker (see `store::postgres::deliveries::claim_first_attempts`).
+#[derive(Debug, Clone, Copy)]
+pub struct FirstAttemptClaim<'a> {
+    /// The worker's delivery consumer, whose name locks the claimed jobs.
+    pub consumer: &'a str,
+    pub token: crate::store::postgres::deliveries::ClaimToken,
+    /// A reply waits for the session's earlier replies to the same connector
+    /// created after this that are still pending (`delivery.order_window`);
+    /// `None` when that wait is off.
+    pub order_since: Option<DateTime<Utc>>,
+    /// When the jobs are due in the queue, where only a job the commit could
+    /// not claim (the consumer not registered yet) runs.
+    pub due_after: Duration,
 }
 
 /// The transcript a turn would compact and when (see `memory::compaction`).
@@ -227,8 +243,9 @@ pub enum TurnCommit {
 /// What a committed turn left behind.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Committed {
-    /// The job of the first part of each delivery the turn queued.
-    pub first_deliveries: Vec<microclaw_jobs::DeliveryJob>,
+    /// The first parts' jobs the commit claimed for the committing worker
+    /// (see [`TurnRecord::first_attempt`]).
+    pub claimed: Vec<ClaimedDelivery>,
     /// The lease was released with the commit: nothing arrived after the
     /// turn's events and no compaction is due. Otherwise the holder goes on
     /// (compacts, answers the newcomers) and releases later.
@@ -238,7 +255,19 @@ pub struct Committed {
     pub unsummarized: Option<i64>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A first part's job that a turn's commit claimed for the committing worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    pub job: microclaw_jobs::DeliveryJob,
+    /// The job's id in the queue.
+    pub queue_id: String,
+    /// The attempt, when the commit also began it (no earlier reply of the
+    /// session held it back): what [`begin_attempt`](crate::store::Store::begin_attempt)
+    /// would have answered.
+    pub begun: Option<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub id: Uuid,
     pub connector_id: String,

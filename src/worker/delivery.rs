@@ -7,15 +7,16 @@
 //! `delivery.max_rate_limited` of them). A permanent failure, or a failure of the
 //! last attempt, marks the delivery dead with its attempt history: the admin queue.
 //!
-//! Order across turns: a reply waits while an earlier reply to the same
-//! conversation on the same connector is still pending (first in the worker,
-//! looking again after a few milliseconds, for up to `ORDER_PATIENCE`: the earlier
-//! one is usually being sent right now; then its job is put back for `ORDER_POLL`
-//! and starts no attempt), so replies arrive in the order their turns committed,
-//! as parts of one reply already do. The wait ends when the earlier one
-//! is delivered or dead, or `delivery.order_window` after it was created (a reply
-//! stuck in long retries does not hold the conversation forever; 0 turns the
-//! wait off).
+//! Order across turns: a reply waits while an earlier reply of the same
+//! session on the same connector is still pending, so replies arrive in the
+//! order their turns committed, as parts of one reply already do. The worker
+//! looks again after a few milliseconds, for up to `ORDER_PATIENCE` (the earlier
+//! one is usually being sent right now); then the job is put back for
+//! `ORDER_POLL` and starts no attempt. A turn's commit that begins the first
+//! attempt itself (`first_attempt`) does so only when nothing is pending ahead
+//! of it. The wait ends when the earlier one is delivered or dead, or
+//! `delivery.order_window` after it was created (a reply stuck in long retries
+//! does not hold the conversation forever; 0 turns the wait off).
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,7 +28,7 @@ use crate::{
     channels::{OutboundMessage, SendError},
     deployment::Deployment,
     retry::delivery_wait,
-    store::{AttemptOutcome, DeadReason},
+    store::{AttemptOutcome, DeadReason, DeliveryRow},
 };
 
 pub async fn run(
@@ -36,7 +37,7 @@ pub async fn run(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
-    let result = run_claimed(&deployment, &job).await;
+    let result = run_claimed(&deployment, &job, None).await;
     if result.is_err() {
         super::back_off(attempt.current()).await;
     }
@@ -44,8 +45,13 @@ pub async fn run(
 }
 
 /// One attempt of `job`, for the queue's consumer or for the worker that
-/// claimed the job itself (`first_attempt`); an error is logged here.
-pub async fn run_claimed(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {
+/// claimed the job itself (`first_attempt`), whose commit may have begun the
+/// attempt already (`begun`); an error is logged here.
+pub async fn run_claimed(
+    deployment: &Deployment,
+    job: &DeliveryJob,
+    begun: Option<DeliveryRow>,
+) -> Result<(), BoxDynError> {
     let span = tracing::info_span!(
         "delivery",
         trace_id = %job.trace_id,
@@ -53,7 +59,10 @@ pub async fn run_claimed(deployment: &Deployment, job: &DeliveryJob) -> Result<(
         attempt = job.attempt
     );
     crate::telemetry::continue_trace(&span, &job.trace_id);
-    let result = deliver(deployment, job).instrument(span).await;
+    let result = match begun {
+        Some(row) => attempt(deployment, job, row).instrument(span).await,
+        None => deliver(deployment, job).instrument(span).await,
+    };
     if let Err(e) = &result {
         tracing::error!(trace_id = %job.trace_id, delivery_id = %job.delivery_id, error = %e, "delivery job failed; the queue retries it");
     }
@@ -92,6 +101,16 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
         tracing::debug!("nothing to send (already delivered, dead, or this attempt ran)");
         return Ok(());
     };
+    attempt(deployment, job, row).await
+}
+
+/// Sends the begun attempt `row` of `job` and records its outcome.
+async fn attempt(
+    deployment: &Deployment,
+    job: &DeliveryJob,
+    row: DeliveryRow,
+) -> Result<(), BoxDynError> {
+    let store = &deployment.store;
     let mut sent_at = std::time::Instant::now();
     let result = match deployment.connectors.get(&row.connector_id) {
         Some(connector) => {

@@ -1,37 +1,38 @@
-//! A reply's first delivery attempt, started by the worker that committed the
-//! turn instead of a trip through the queue (Postgres).
+//! A reply's first delivery attempt, made by the worker that committed the turn
+//! instead of a trip through the queue (Postgres).
 //!
-//! The turn's first delivery job is queued with the turn as always (the durable
-//! fallback), but due [`FALLBACK_DELAY`] later, so no consumer is woken for it.
-//! Right after the commit this worker claims that job in the queue, the same row
-//! a consumer would take (status `Running`, locked by this process's delivery
-//! consumer), runs the attempt (`delivery::deliver`, the consumer's code) and
-//! marks the job done as the consumer's ack would. The claim is a conditional
-//! update of a `Pending` job, so an attempt runs here or in a consumer, never in
-//! both:
-//! * a consumer that took the job first (the delay passed) wins: the claim finds
-//!   nothing pending and nothing runs here;
+//! The turn's first delivery jobs are queued with the turn as always (the
+//! durable fallback), and the same transaction claims them for this process:
+//! the rows a consumer would take, status `Running`, locked by this process's
+//! delivery consumer with the slot's [`ClaimToken`] as `lock_at`. Where no
+//! earlier reply of the session holds the reply back (the order wait, see
+//! `worker::delivery`), the commit also begins the attempt, as
+//! `begin_attempt` would; right after the commit this worker sends
+//! (`delivery::run_claimed`, the consumer's code) and marks the job done as the
+//! consumer's ack would. So a first attempt adds no transaction of its own
+//! before the send, and no consumer can run the job meanwhile:
 //! * this process dies mid-attempt: its delivery consumer stops heartbeating and
 //!   the job goes back to the queue after `worker.recovery_window`, as any job it
 //!   held (the attempt reruns: at least once, as after any crash mid-send);
-//! * the claim gets no answer (store error, or a connection lost after the
-//!   update committed): it is tried again until the store answers. Each claim
-//!   carries its own token (written as the job's `lock_at`), so a retry also
-//!   matches the job its own earlier try claimed, and nothing else: a job left
-//!   `Running` by a claim whose answer was lost is run here, not stranded until
-//!   this worker restarts. Meanwhile the consumer may take the job once due
-//!   (a claim that did not commit); then the retry finds it taken and stops;
+//! * the commit gets no answer (store error, or a connection lost after the
+//!   commit): whether it committed is unknown, so the jobs claimed with the
+//!   slot's token, if any, are put back on the queue, due now; that is retried
+//!   until the store answers (and matches nothing when the commit did not
+//!   happen). The turn job itself fails and is retried, as any failed commit;
+//! * the delivery consumer is not registered yet (the worker is starting): the
+//!   commit claims nothing and the jobs run from the queue [`FALLBACK_DELAY`]
+//!   later (due later so that no consumer is woken for a claimed job);
 //! * the attempt fails on the store: its job goes back on the queue at once
 //!   (settling the job, done or back, is retried until the store answers);
-//! * the delivery consumer puts its unfinished jobs back after a database outage:
-//!   it skips the jobs whose attempt runs here (listed from before their claim
-//!   is tried), and no job is listed while it does
-//!   ([`FirstAttempts::hold_claims`]);
+//! * the delivery consumer puts its unfinished jobs back after a database outage
+//!   or at shutdown: it skips the jobs claimed with a token listed here (listed
+//!   from before the commit is tried until the attempts settled), and no token
+//!   is listed while it does ([`FirstAttempts::hold_claims`]);
 //! * shutdown: attempts get `worker.shutdown_grace`, then are cancelled, and the
 //!   caller puts their jobs back.
 //!
-//! At most `worker.delivery_concurrency` first attempts run at once; when all are
-//! busy the turn queues its delivery due at once and a consumer takes it.
+//! At most `worker.delivery_concurrency` turns' first attempts run at once; when
+//! all are busy the turn queues its delivery due at once and a consumer takes it.
 
 use std::{
     collections::HashSet,
@@ -39,7 +40,6 @@ use std::{
     time::Duration,
 };
 
-use microclaw_jobs::DeliveryJob;
 use tokio::{
     sync::{OwnedSemaphorePermit, RwLock, RwLockWriteGuard, Semaphore},
     task::JoinSet,
@@ -47,12 +47,14 @@ use tokio::{
 
 use crate::{
     deployment::Deployment,
-    store::postgres::deliveries::{Claim, ClaimToken, claim_job, settle_claimed},
+    store::{
+        ClaimedDelivery, FirstAttemptClaim,
+        postgres::deliveries::{ClaimToken, ClaimedJob, release_claims, settle_claimed},
+    },
 };
 
-/// How long a delivery job whose first attempt runs in the committing worker
-/// waits in the queue before a consumer may take it (when that worker died
-/// before claiming it).
+/// How long a first delivery job the commit could not claim waits in the queue
+/// before a consumer takes it.
 pub const FALLBACK_DELAY: Duration = Duration::from_secs(2);
 
 /// The first attempts running in this worker process.
@@ -69,18 +71,35 @@ struct Claims {
     pool: sqlx::PgPool,
     /// The delivery consumer's apalis worker name: claimed jobs are locked by it.
     consumer: String,
-    /// Held (shared) while a job is listed in `running`; held alone while the
-    /// consumer puts its unfinished jobs back.
+    /// Held (shared) while a token is listed in `running`; held alone while
+    /// the consumer puts its unfinished jobs back.
     claiming: RwLock<()>,
-    /// The claims of the jobs whose attempt runs here (claimed, or being
-    /// claimed).
-    running: Mutex<HashSet<Claim>>,
+    /// The tokens of the jobs whose attempts run here (claimed, or being
+    /// claimed by a commit).
+    running: Mutex<HashSet<ClaimToken>>,
 }
 
-/// A slot for one turn's first attempts, taken before its commit; free again
-/// when dropped.
+/// A slot for one turn's first attempts, taken before its commit, with the
+/// token the commit claims their jobs with (listed as running here until the
+/// slot is dropped); free again when dropped.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    running: Running,
+}
+
+impl Slot {
+    /// What the turn's commit claims the jobs with; `order_window` is
+    /// `delivery.order_window`.
+    pub fn claim(&self, order_window: Duration) -> FirstAttemptClaim<'_> {
+        FirstAttemptClaim {
+            consumer: &self.running.claims.consumer,
+            token: self.running.token,
+            order_since: (!order_window.is_zero()).then(|| {
+                chrono::Utc::now() - chrono::Duration::from_std(order_window).unwrap_or_default()
+            }),
+            due_after: FALLBACK_DELAY,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,40 +123,77 @@ impl FirstAttempts {
         }
     }
 
-    /// A slot when one is free: the turn then queues its deliveries delayed by
-    /// [`FALLBACK_DELAY`] and hands them to [`start`](Self::start) once committed.
-    pub fn slot(&self) -> Option<Slot> {
-        self.slots
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| Slot { _permit: permit })
+    /// A slot when one is free: the turn's commit then claims its first
+    /// deliveries' jobs (see [`Slot::claim`]), and the turn hands them to
+    /// [`start`](Self::start) once committed, or the slot to
+    /// [`recover`](Self::recover) when the commit got no answer.
+    pub async fn slot(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        // Listed before the commit is tried: a commit whose answer is lost may
+        // still have claimed jobs, and the consumer must leave those alone.
+        let _claiming = self.claims.claiming.read().await;
+        Some(Slot {
+            _permit: permit,
+            running: Running::mark(self.claims.clone(), ClaimToken::now()),
+        })
     }
 
-    /// Runs the first attempt of each of `jobs` (committed with the slot's turn),
-    /// one after the other, in the background.
-    pub fn start(&self, slot: Slot, deployment: Arc<Deployment>, jobs: Vec<DeliveryJob>) {
-        let mut tasks = lock(&self.tasks);
-        // Cancelled at shutdown: the jobs run from the queue after their delay.
-        let (false, Some(tasks)) = (jobs.is_empty(), tasks.as_mut()) else {
-            return;
-        };
-        // Reap the finished ones, so the set holds only what runs.
-        while tasks.try_join_next().is_some() {}
-        let claims = self.claims.clone();
-        tasks.spawn(async move {
+    /// Runs the first attempt of each of `jobs` (claimed by the slot's
+    /// committed turn), one after the other, in the background.
+    pub fn start(&self, slot: Slot, deployment: Arc<Deployment>, jobs: Vec<ClaimedDelivery>) {
+        let (claims, token) = (self.claims.clone(), slot.running.token);
+        self.spawn(async move {
             let _slot = slot;
             for job in jobs {
-                claims.attempt(&deployment, &job).await;
+                claims.attempt(&deployment, job, token).await;
             }
         });
     }
 
-    /// For the delivery consumer putting its unfinished jobs back: the claims
-    /// of the jobs whose attempt runs here (claimed, or being claimed), and a
-    /// guard that keeps new claims waiting until it is dropped (after the jobs
-    /// were put back).
-    pub async fn hold_claims(&self) -> (RwLockWriteGuard<'_, ()>, Vec<Claim>) {
+    /// After a commit that got no answer: puts the jobs it may have claimed
+    /// back on the queue, in the background, trying until the store answers.
+    pub fn recover(&self, slot: Slot) {
+        let (claims, token) = (self.claims.clone(), slot.running.token);
+        self.spawn(async move {
+            let _slot = slot;
+            let mut waits = super::RestartWaits::new();
+            loop {
+                match release_claims(&claims.pool, &claims.consumer, token).await {
+                    Ok(0) => return,
+                    Ok(returned) => {
+                        tracing::warn!(
+                            jobs = returned,
+                            "a turn's commit that got no answer had committed; its first delivery jobs are back on the queue"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not put back the first delivery jobs of a commit that got no answer; trying again");
+                        waits.sleep().await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs `task` (which holds its slot) in the background. Cancelled at
+    /// shutdown, or dropped after it: its slot's token is no longer listed,
+    /// and the worker puts the jobs back.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.tasks);
+        let Some(tasks) = tasks.as_mut() else {
+            return;
+        };
+        // Reap the finished ones, so the set holds only what runs.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// For the delivery consumer putting its unfinished jobs back: the tokens
+    /// of the jobs whose attempts run here (claimed, or being claimed by a
+    /// commit), and a guard that keeps new slots waiting until it is dropped
+    /// (after the jobs were put back).
+    pub async fn hold_claims(&self) -> (RwLockWriteGuard<'_, ()>, Vec<ClaimToken>) {
         let guard = self.claims.claiming.write().await;
         let running = lock(&self.claims.running).iter().cloned().collect();
         (guard, running)
@@ -170,60 +226,40 @@ impl FirstAttempts {
 }
 
 impl Claims {
-    async fn attempt(&self, deployment: &Deployment, job: &DeliveryJob) {
-        let token = ClaimToken::now();
-        // Listed before the claim is tried: a claim whose answer is lost may
-        // still have committed, and the consumer must leave that job alone.
-        let _running = {
-            let _claiming = self.claiming.read().await;
-            Running::mark(
-                &self.running,
-                Claim {
-                    idempotency_key: job.idempotency_key(),
-                    token,
-                },
-            )
+    async fn attempt(&self, deployment: &Deployment, job: ClaimedDelivery, token: ClaimToken) {
+        let sent = super::delivery::run_claimed(deployment, &job.job, job.begun).await;
+        let claimed = ClaimedJob {
+            queue_id: job.queue_id,
+            worker: self.consumer.clone(),
+            token,
         };
-        let mut waits = super::RestartWaits::new();
-        let claimed = loop {
-            match claim_job(&self.pool, job, &self.consumer, token).await {
-                Ok(Some(claimed)) => break claimed,
-                // A consumer took it first.
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not claim the first delivery attempt's job; trying again");
-                    waits.sleep().await;
-                }
-            }
-        };
-        let sent = super::delivery::run_claimed(deployment, job).await;
         // Until settled the job stays claimed, and nothing else would run it
         // again while the consumer lives: keep trying (shutdown cancels this,
         // and the worker then puts the job back).
         let mut waits = super::RestartWaits::new();
         while let Err(e) = settle_claimed(&self.pool, &claimed, sent.is_ok()).await {
-            tracing::warn!(delivery_id = %job.delivery_id, error = %e, "could not settle a first delivery attempt's job; trying again");
+            tracing::warn!(delivery_id = %job.job.delivery_id, error = %e, "could not settle a first delivery attempt's job; trying again");
             waits.sleep().await;
         }
     }
 }
 
-/// A job listed as claimed here, from before its claim is tried until its
-/// attempt settled (or its task is cancelled).
-struct Running<'a> {
-    running: &'a Mutex<HashSet<Claim>>,
-    claim: Claim,
+/// A token listed as claiming here, from before its commit is tried until its
+/// attempts settled (or their task is cancelled).
+struct Running {
+    claims: Arc<Claims>,
+    token: ClaimToken,
 }
 
-impl<'a> Running<'a> {
-    fn mark(running: &'a Mutex<HashSet<Claim>>, claim: Claim) -> Self {
-        lock(running).insert(claim.clone());
-        Self { running, claim }
+impl Running {
+    fn mark(claims: Arc<Claims>, token: ClaimToken) -> Self {
+        lock(&claims.running).insert(token);
+        Self { claims, token }
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        lock(self.running).remove(&self.claim);
+        lock(&self.claims.running).remove(&self.token);
     }
 }

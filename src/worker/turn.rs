@@ -350,7 +350,7 @@ async fn answer(
     let memory_writes = scope.take_writes();
     let scheduled = scope.take_schedules();
     let first_attempt = match &context.first_attempts {
-        Some(first_attempts) if !deliveries.is_empty() => first_attempts.slot(),
+        Some(first_attempts) if !deliveries.is_empty() => first_attempts.slot().await,
         _ => None,
     };
     let committed = store
@@ -370,20 +370,26 @@ async fn answer(
             deliveries,
             delivery_max_attempts: settings.delivery.max_attempts,
             lease_ttl: settings.worker.session_lease.0,
-            first_delivery_after: first_attempt
+            first_attempt: first_attempt
                 .as_ref()
-                .map(|_| super::first_attempt::FALLBACK_DELAY),
+                .map(|slot| slot.claim(settings.delivery.order_window.0)),
             memory_writes: &memory_writes,
             scheduled: &scheduled,
             compaction: (route.is_some() && command.is_none())
                 .then(|| compaction::check(&settings.memory, session)),
         })
-        .await?;
-    if let (Some(slot), Some(first_attempts), TurnCommit::Committed(turn)) =
-        (first_attempt, &context.first_attempts, &committed)
-    {
-        first_attempts.start(slot, deployment.clone(), turn.first_deliveries.clone());
+        .await;
+    if let (Some(slot), Some(first_attempts)) = (first_attempt, &context.first_attempts) {
+        match &committed {
+            Ok(TurnCommit::Committed(turn)) => {
+                first_attempts.start(slot, deployment.clone(), turn.claimed.clone());
+            }
+            // It may have committed, with its jobs claimed for this worker.
+            Err(_) => first_attempts.recover(slot),
+            Ok(TurnCommit::Fenced) => {}
+        }
     }
+    let committed = committed?;
     crate::metrics::turn(
         agent_name,
         match (&committed, &error) {

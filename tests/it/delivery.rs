@@ -206,96 +206,173 @@ async fn a_rerun_of_an_attempt_sees_the_outcome_its_first_run_recorded_meanwhile
     app.stop().await;
 }
 
-/// A first attempt's claim is an update whose answer can be lost after it
-/// committed; it is then tried again with the same token, which takes the job
-/// that claim holds, and only that. The consumer putting its unfinished jobs
-/// back leaves the jobs of listed claims alone.
+/// A turn's commit claims its first parts' jobs for the committing worker and
+/// begins their attempts, unless an earlier reply of the session is still
+/// pending (then only claims) or the consumer is not registered (then neither:
+/// the job is due later in the queue). The consumer putting its unfinished
+/// jobs back leaves the jobs of listed tokens alone; a commit whose answer was
+/// lost has its jobs put back by its token. Every reply then goes out once.
 #[tokio::test]
-async fn a_claim_tried_again_takes_the_job_its_lost_answer_claimed_and_nothing_else() {
-    use microclaw::store::postgres::deliveries::{Claim, ClaimToken, claim_job, settle_claimed};
-    use microclaw_jobs::DeliveryJob;
+async fn a_turn_commit_claims_its_first_delivery_jobs_for_the_committing_worker() {
+    use microclaw::store::{
+        FirstAttemptClaim, PendingEvent, PlannedDelivery, TurnCommit, TurnRecord,
+        postgres::deliveries::{ClaimToken, release_claims},
+    };
 
-    let app = TestApp::spawn(TestConfig::default()).await;
-    let pg = app.pg();
+    let mut app = TestApp::spawn(TestConfig::default()).await;
     let consumer = "w1-deliveries";
     app.execute(&format!(
         "INSERT INTO apalis.workers (id, worker_type, storage_name)
          VALUES ('{consumer}', 'microclaw.deliveries', 'test')"
     ))
     .await;
-    let first = DeliveryJob::new(uuid::Uuid::now_v7(), 1, "t1");
-    let second = DeliveryJob::new(uuid::Uuid::now_v7(), 1, "t2");
-    for (queue_id, job) in [("q1", &first), ("q2", &second)] {
-        app.execute(&format!(
-            "INSERT INTO apalis.jobs (job, id, job_type, run_at, idempotency_key)
-             VALUES (convert_to('{{}}', 'UTF8'), '{queue_id}', 'microclaw.deliveries',
-                     now() + interval '1 hour', '{}')",
-            job.idempotency_key()
-        ))
-        .await;
-    }
-
-    let token = ClaimToken::now();
-    let claimed = claim_job(pg, &first, consumer, token).await.unwrap();
-    assert_eq!(claimed.map(|c| c.queue_id).as_deref(), Some("q1"));
-    // That answer was lost: the retry recognises its own claim.
-    let again = claim_job(pg, &first, consumer, token)
-        .await
-        .unwrap()
-        .expect("the job this claim holds");
-    assert_eq!(again.queue_id, "q1");
-    assert_eq!(
-        app.strings("SELECT status || ':' || attempts FROM apalis.jobs WHERE id = 'q1'")
-            .await,
-        ["Running:1"],
-        "claimed once"
-    );
-    let other_token = ClaimToken::now();
-    assert_ne!(other_token, token);
-    assert!(
-        claim_job(pg, &first, consumer, other_token)
+    let store = app.deployment.store.clone();
+    let mut tokens = Vec::new();
+    for (message, claimed_by) in [("c1", consumer), ("c2", consumer), ("c3", "not-registered")] {
+        let accepted: serde_json::Value = app
+            .post_message(&TestMessage::direct(
+                message,
+                "cleo",
+                &format!("cleo:{message}"),
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let session_id: uuid::Uuid = accepted["session_id"].as_str().unwrap().parse().unwrap();
+        let lease = store
+            .try_acquire_lease(session_id, "w1", Duration::from_secs(5))
             .await
             .unwrap()
-            .is_none(),
-        "another claim does not take it"
+            .expect("the lease is free");
+        let session = store.session_info(session_id).await.unwrap().unwrap();
+        let events: Vec<PendingEvent> = store
+            .pending_events(session_id, session.processed_seq, 10)
+            .await
+            .unwrap();
+        let event = &events[0];
+        let connector = app.deployment.connectors.get(&event.connector_id).unwrap();
+        let token = ClaimToken::now();
+        tokens.push(token);
+        let reply = format!("answer to {message}");
+        let committed = store
+            .commit_turn(TurnRecord {
+                turn_id: uuid::Uuid::now_v7(),
+                agent: "assistant",
+                lease,
+                events: &events,
+                steps: &[],
+                model_calls: &[],
+                reply: &reply,
+                model: Some("m"),
+                error: None,
+                model_attempts: 1,
+                started_at: chrono::Utc::now(),
+                trace_id: "t",
+                deliveries: vec![PlannedDelivery {
+                    connector_id: event.connector_id.clone(),
+                    channel: connector.channel.kind().as_str().to_owned(),
+                    target: microclaw::channels::ReplyTarget {
+                        conversation_id: event.conversation_id.clone(),
+                        thread_id: None,
+                        recipient_id: event.sender_id.clone(),
+                        is_group: false,
+                        in_reply_to: vec![event.platform_message_id.clone()],
+                    },
+                    parts: vec![reply.clone()],
+                }],
+                delivery_max_attempts: 3,
+                lease_ttl: Duration::from_secs(5),
+                first_attempt: Some(FirstAttemptClaim {
+                    consumer: claimed_by,
+                    token,
+                    order_since: Some(chrono::Utc::now() - chrono::Duration::minutes(10)),
+                    due_after: Duration::from_secs(2),
+                }),
+                memory_writes: &[],
+                scheduled: &[],
+                compaction: None,
+            })
+            .await
+            .unwrap();
+        let TurnCommit::Committed(committed) = committed else {
+            panic!("the lease holder's commit was fenced");
+        };
+        let claimed = &committed.claimed;
+        match message {
+            "c1" => {
+                assert_eq!(claimed.len(), 1);
+                let row = claimed[0].begun.as_ref().expect("nothing held it back");
+                assert_eq!((row.attempts, row.part, row.last_part), (1, 1, true));
+                assert_eq!(row.text, reply);
+            }
+            // The first reply is still pending: claimed, its attempt not begun.
+            "c2" => {
+                assert_eq!(claimed.len(), 1);
+                assert_eq!(claimed[0].begun, None);
+            }
+            _ => assert!(claimed.is_empty(), "the consumer is not registered"),
+        }
+    }
+    assert_eq!(
+        app.strings(
+            "SELECT d.text || ':' || d.attempts || ':' || j.status || ':' || coalesce(j.lock_by, '-')
+                    || ':' || (SELECT count(*) FROM delivery_attempts a WHERE a.delivery_id = d.id)
+               FROM deliveries d
+               JOIN apalis.jobs j ON j.idempotency_key = 'delivery:' || d.id || ':1'
+              ORDER BY d.id"
+        )
+        .await,
+        [
+            format!("answer to c1:1:Running:{consumer}:1"),
+            format!("answer to c2:0:Running:{consumer}:0"),
+            "answer to c3:0:Pending:-:0".to_owned(),
+        ]
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM apalis.jobs
+              WHERE job_type = 'microclaw.deliveries' AND run_at > now()"
+        )
+        .await,
+        3,
+        "due later: no consumer is woken for them"
     );
 
-    // The consumer (same worker name) holds the second job, fetched its own way.
-    app.execute(&format!(
-        "UPDATE apalis.jobs SET status = 'Running', lock_by = '{consumer}', lock_at = now()
-          WHERE id = 'q2'"
-    ))
-    .await;
-    let listed = [
-        Claim {
-            idempotency_key: first.idempotency_key(),
-            token,
-        },
-        // A claim of the second job that did not commit: it holds nothing.
-        Claim {
-            idempotency_key: second.idempotency_key(),
-            token: other_token,
-        },
-    ];
-    let returned = app
-        .deployment
-        .store
-        .return_unfinished_jobs(&[consumer.to_owned()], &listed)
+    // The consumer puts its jobs back but for the listed token's.
+    let returned = store
+        .return_unfinished_jobs(&[consumer.to_owned()], &tokens[..1])
         .await
         .unwrap();
     assert_eq!(returned, 1);
+    // The first commit's answer was lost: its jobs go back by its token.
+    let pg = app.pg();
+    assert_eq!(release_claims(pg, consumer, tokens[0]).await.unwrap(), 1);
+    assert_eq!(release_claims(pg, consumer, tokens[0]).await.unwrap(), 0);
     assert_eq!(
-        app.strings("SELECT id || ':' || status FROM apalis.jobs ORDER BY id")
-            .await,
-        ["q1:Running", "q2:Pending"]
+        app.count(
+            "SELECT count(*) FROM apalis.jobs
+              WHERE job_type = 'microclaw.deliveries' AND status = 'Pending' AND lock_by IS NULL"
+        )
+        .await,
+        3
     );
 
-    settle_claimed(pg, &again, true).await.unwrap();
-    settle_claimed(pg, &again, true).await.unwrap();
+    // The queue sends each reply once, in order.
+    app.start_worker();
+    let replies = app.wait_for_replies(3, Duration::from_secs(30)).await;
+    app.drain(Duration::from_secs(10)).await;
+    let texts: Vec<String> = app
+        .platform
+        .replies()
+        .iter()
+        .map(|r| r.event.data.text.clone())
+        .collect();
+    assert_eq!(texts, ["answer to c1", "answer to c2", "answer to c3"]);
+    assert_eq!(replies.len(), 3);
     assert_eq!(
-        app.strings("SELECT status FROM apalis.jobs WHERE id = 'q1'")
-            .await,
-        ["Done"]
+        app.strings("SELECT status FROM deliveries").await,
+        ["delivered"; 3]
     );
     app.stop().await;
 }

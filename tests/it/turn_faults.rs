@@ -174,7 +174,7 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         deliveries: Vec::new(),
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
-        first_delivery_after: None,
+        first_attempt: None,
         memory_writes: &writes,
         scheduled: &[],
         compaction: None,
@@ -244,7 +244,7 @@ async fn a_turn_commit_keeps_the_lease_while_work_is_left(backend: Backend) {
         deliveries: Vec::new(),
         delivery_max_attempts: 3,
         lease_ttl: Duration::from_secs(5),
-        first_delivery_after: None,
+        first_attempt: None,
         memory_writes: &[],
         scheduled: &[],
         compaction: Some(CompactionCheck {

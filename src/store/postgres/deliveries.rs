@@ -16,13 +16,16 @@
 //! before its outcome is committed: that attempt is rerun, and the platform sees
 //! the same `webhook-id`/delivery id again (at-least-once; receivers deduplicate).
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::types::PgInterval};
+use sqlx::{PgPool, Postgres, Transaction, postgres::types::PgInterval};
+use uuid::Uuid;
 
 use super::sessions::enqueue_delivery;
 use crate::store::{
     StoreError,
-    records::{AttemptOutcome, DeliveryRow, without_nul},
+    records::{AttemptOutcome, DeliveryRow, FirstAttemptClaim, without_nul},
 };
 use microclaw_jobs::DeliveryJob;
 
@@ -125,7 +128,7 @@ pub async fn finish_attempt(
         AttemptOutcome::Delivered => {
             let mut tx = pool.begin().await?;
             // The next part of the same reply goes out only now, so parts arrive in order.
-            let next: Option<uuid::Uuid> = sqlx::query_scalar(finishing!(
+            let next: Option<Uuid> = sqlx::query_scalar(finishing!(
                 ",
                  delivered AS (
                      UPDATE deliveries SET status = 'delivered', delivered_at = now(),
@@ -219,19 +222,30 @@ pub struct ClaimedJob {
     pub token: ClaimToken,
 }
 
-/// What a claim writes as its job's `lock_at`, chosen once before its first
-/// try: a retry of the claim (its earlier answer lost) recognises the job that
-/// try claimed, and the consumer recognises jobs claimed outside it. A
-/// consumer's fetch writes its transaction's `now()`; a microsecond-exact
-/// match with a token, on the same job and consumer, is not a practical risk.
+/// What a turn's commit writes as the `lock_at` of the jobs it claims for the
+/// committing worker's first attempts: the worker settles each job by it, puts
+/// them back by it when the commit's answer was lost, and its consumer
+/// recognises them by it (and leaves them alone) when it puts its own
+/// unfinished jobs back. Tokens are unique within a process (each is at least a
+/// microsecond after the one before); a consumer's fetch writes its
+/// transaction's `now()`, and a microsecond-exact match with a token on a job
+/// of the same consumer is not a practical risk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClaimToken(DateTime<Utc>);
+
+/// The last token handed out in this process, in microseconds.
+static LAST_TOKEN: AtomicI64 = AtomicI64::new(0);
 
 impl ClaimToken {
     pub fn now() -> Self {
         // Postgres keeps microseconds: the token must survive the round trip.
-        let micros = Utc::now().timestamp_micros();
-        Self(DateTime::from_timestamp_micros(micros).unwrap_or_default())
+        let now = Utc::now().timestamp_micros();
+        let last = LAST_TOKEN
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        Self(DateTime::from_timestamp_micros(now.max(last + 1)).unwrap_or_default())
     }
 
     /// The `lock_at` it writes.
@@ -240,43 +254,91 @@ impl ClaimToken {
     }
 }
 
-/// A first attempt's claim, for the consumer to leave alone when it puts its
-/// unfinished jobs back.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Claim {
-    pub idempotency_key: String,
-    pub token: ClaimToken,
+/// A first part's job the turn's commit claimed, and whether it also began the
+/// job's attempt.
+pub(super) struct ClaimedFirst {
+    pub queue_id: String,
+    pub delivery_id: Uuid,
+    pub begun: bool,
 }
 
-/// Claims `job` in the queue for `worker` (a registered consumer) when it is
-/// still pending, or when it is already claimed with this `token` (an earlier
-/// try whose answer was lost), as a consumer's fetch would; None when it is
-/// neither (a consumer took it, or it ran).
-pub async fn claim_job(
-    pool: &PgPool,
-    job: &DeliveryJob,
-    worker: &str,
-    token: ClaimToken,
-) -> Result<Option<ClaimedJob>, StoreError> {
-    let queue_id: Option<String> = sqlx::query_scalar(
-        "UPDATE apalis.jobs
-            SET status = 'Running', lock_by = $3, lock_at = $4,
-                attempts = attempts + (status = 'Pending')::int
-          WHERE job_type = $1 AND idempotency_key = $2
-            AND (status = 'Pending' OR (status = 'Running' AND lock_by = $3 AND lock_at = $4))
-          RETURNING id",
+/// Inside a turn's commit: claims the first parts' jobs just queued (`firsts`:
+/// job and delivery) for `claim.consumer`, as a consumer's fetch would, and
+/// begins the first attempt of each delivery that no earlier reply of the
+/// session holds back (see `worker::delivery`'s order wait), as
+/// [`begin_attempt`] would. Nothing is claimed while the consumer is not
+/// registered (a worker starting): those jobs run from the queue.
+pub(super) async fn claim_first_attempts(
+    tx: &mut Transaction<'_, Postgres>,
+    claim: &FirstAttemptClaim<'_>,
+    firsts: &[DeliveryJob],
+) -> Result<Vec<ClaimedFirst>, StoreError> {
+    let keys: Vec<String> = firsts.iter().map(DeliveryJob::idempotency_key).collect();
+    let delivery_ids: Vec<Uuid> = firsts.iter().map(|job| job.delivery_id).collect();
+    let rows: Vec<(String, Uuid, bool)> = sqlx::query_as(
+        "WITH first AS (
+             SELECT * FROM UNNEST($4::text[], $5::uuid[]) AS f (key, delivery_id)
+         ), claimed AS (
+             UPDATE apalis.jobs j
+                SET status = 'Running', lock_by = $2, lock_at = $3, attempts = j.attempts + 1
+               FROM first f
+              WHERE j.job_type = $1 AND j.idempotency_key = f.key AND j.status = 'Pending'
+                AND EXISTS (SELECT 1 FROM apalis.workers WHERE id = $2)
+              RETURNING j.id, f.delivery_id
+         ), ready AS (
+             SELECT f.delivery_id FROM first f
+              WHERE $6::timestamptz IS NULL
+                 OR NOT EXISTS (SELECT 1 FROM deliveries d
+                                  JOIN deliveries p ON p.session_id = d.session_id
+                                                   AND p.connector_id = d.connector_id
+                                 WHERE d.id = f.delivery_id AND p.id < d.id
+                                   AND p.status = 'pending' AND p.created_at > $6)
+         ), begun AS (
+             INSERT INTO delivery_attempts (delivery_id, attempt)
+             SELECT c.delivery_id, 1 FROM claimed c JOIN ready r USING (delivery_id)
+         ), counted AS (
+             UPDATE deliveries SET attempts = 1
+              WHERE id IN (SELECT c.delivery_id FROM claimed c JOIN ready r USING (delivery_id))
+         )
+         SELECT c.id, c.delivery_id, EXISTS (SELECT 1 FROM ready r WHERE r.delivery_id = c.delivery_id)
+           FROM claimed c",
     )
     .bind(<DeliveryJob as microclaw_jobs::Job>::QUEUE)
-    .bind(job.idempotency_key())
+    .bind(claim.consumer)
+    .bind(claim.token.at())
+    .bind(&keys)
+    .bind(&delivery_ids)
+    .bind(claim.order_since)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(queue_id, delivery_id, begun)| ClaimedFirst {
+            queue_id,
+            delivery_id,
+            begun,
+        })
+        .collect())
+}
+
+/// Puts the jobs a turn's commit claimed with `token` for `worker` back on the
+/// queue, due now, when that commit's answer was lost (it may or may not have
+/// committed); how many there were.
+pub async fn release_claims(
+    pool: &PgPool,
+    worker: &str,
+    token: ClaimToken,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, run_at = now()
+          WHERE job_type = $1 AND lock_by = $2 AND lock_at = $3 AND status = 'Running'",
+    )
+    .bind(<DeliveryJob as microclaw_jobs::Job>::QUEUE)
     .bind(worker)
     .bind(token.at())
-    .fetch_optional(pool)
-    .await?;
-    Ok(queue_id.map(|queue_id| ClaimedJob {
-        queue_id,
-        worker: worker.to_owned(),
-        token,
-    }))
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Ends a claimed job: done (its attempt ran and recorded its outcome), or back

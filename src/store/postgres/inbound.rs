@@ -219,7 +219,7 @@ pub async fn record_batch(
             )
         })
         .collect();
-    enqueue_many(&mut tx, &jobs, turn_job_attempts).await?;
+    enqueue_many(&mut tx, &jobs, turn_job_attempts, None).await?;
     tx.commit().await?;
 
     for ((index, member), (session_id, _)) in fresh.into_iter().zip(seqs) {

@@ -178,38 +178,38 @@ pub async fn enqueue<J: Job>(
 }
 
 /// Pushes several jobs of one kind in one statement inside the caller's
-/// transaction, each with its idempotency key.
+/// transaction, each with its idempotency key, due now or after `run_after`.
 pub async fn enqueue_many<J: Job>(
     tx: &mut Transaction<'_, Postgres>,
     jobs: &[(J, String)],
     max_attempts: usize,
+    run_after: Option<Duration>,
 ) -> Result<(), StoreError> {
     let tasks = jobs
         .iter()
-        .map(|(job, key)| super::queue_task(job, key.clone(), max_attempts, None))
+        .map(|(job, key)| super::queue_task(job, key.clone(), max_attempts, run_after))
         .collect();
     apalis_postgres::queries::push_tasks(&mut **tx, J::QUEUE, tasks).await?;
     Ok(())
 }
 
 /// Puts the unfinished jobs of the named workers back on their queues, but for
-/// the jobs held by one of `claims` (first delivery attempts still running).
+/// the delivery jobs claimed with one of `claims` (first delivery attempts
+/// still running, or a commit claiming them).
 pub async fn return_unfinished(
     pool: &PgPool,
     workers: &[String],
-    claims: &[deliveries::Claim],
+    claims: &[deliveries::ClaimToken],
 ) -> Result<u64, StoreError> {
-    let keys: Vec<&str> = claims.iter().map(|c| c.idempotency_key.as_str()).collect();
-    let tokens: Vec<_> = claims.iter().map(|c| c.token.at()).collect();
+    let tokens: Vec<_> = claims.iter().map(|token| token.at()).collect();
     Ok(sqlx::query(
-        "UPDATE apalis.jobs j SET status = 'Pending', lock_by = NULL, lock_at = NULL
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
           WHERE lock_by = ANY($1) AND status IN ('Running', 'Queued')
-            AND NOT EXISTS (SELECT 1 FROM UNNEST($2::text[], $3::timestamptz[]) AS c (key, token)
-                             WHERE c.key = j.idempotency_key AND c.token = j.lock_at)",
+            AND NOT (job_type = $3 AND lock_at IS NOT NULL AND lock_at = ANY($2))",
     )
     .bind(workers)
-    .bind(&keys)
     .bind(&tokens)
+    .bind(<microclaw_jobs::DeliveryJob as Job>::QUEUE)
     .execute(pool)
     .await?
     .rows_affected())

@@ -31,8 +31,8 @@ use super::{Enqueue, enqueue};
 use crate::store::{
     StoreError,
     records::{
-        Committed, Lease, LeaseState, PendingEvent, Release, SessionInfo, TurnCommit, TurnRecord,
-        without_nul, without_nul_parts,
+        ClaimedDelivery, Committed, DeliveryRow, Lease, LeaseState, PendingEvent, Release,
+        SessionInfo, TurnCommit, TurnRecord, without_nul, without_nul_parts,
     },
 };
 use microclaw_jobs::DeliveryJob;
@@ -312,7 +312,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     )
     .await?;
 
-    let mut first_deliveries = Vec::with_capacity(turn.deliveries.len());
+    let mut firsts = Vec::with_capacity(turn.deliveries.len());
     for planned in &turn.deliveries {
         for (index, text) in planned.parts.iter().enumerate() {
             let delivery_id = Uuid::now_v7();
@@ -336,15 +336,56 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
             // Parts go out one after the other: the next part's job is queued
             // when this one is delivered (see `deliveries::finish_attempt`).
             if index == 0 {
-                let job = DeliveryJob::new(delivery_id, 1, turn.trace_id);
-                enqueue_delivery(&mut tx, &job, turn.first_delivery_after).await?;
-                first_deliveries.push(job);
+                firsts.push((DeliveryJob::new(delivery_id, 1, turn.trace_id), planned));
             }
+        }
+    }
+    let jobs: Vec<(DeliveryJob, String)> = firsts
+        .iter()
+        .map(|(job, _)| (job.clone(), job.idempotency_key()))
+        .collect();
+    if !jobs.is_empty() {
+        super::enqueue_many(
+            &mut tx,
+            &jobs,
+            crate::store::DELIVERY_JOB_ATTEMPTS,
+            turn.first_attempt.map(|claim| claim.due_after),
+        )
+        .await?;
+    }
+    let mut claimed = Vec::new();
+    if let Some(claim) = turn.first_attempt.as_ref().filter(|_| !firsts.is_empty()) {
+        let jobs: Vec<DeliveryJob> = firsts.iter().map(|(job, _)| job.clone()).collect();
+        for first in super::deliveries::claim_first_attempts(&mut tx, claim, &jobs).await? {
+            let Some((job, planned)) = firsts
+                .iter()
+                .find(|(job, _)| job.delivery_id == first.delivery_id)
+            else {
+                continue;
+            };
+            claimed.push(ClaimedDelivery {
+                job: job.clone(),
+                queue_id: first.queue_id,
+                begun: first.begun.then(|| DeliveryRow {
+                    id: job.delivery_id,
+                    connector_id: planned.connector_id.clone(),
+                    channel: planned.channel.clone(),
+                    target: sqlx::types::Json(planned.target.clone()),
+                    part: 1,
+                    text: without_nul(&planned.parts[0]).into_owned(),
+                    status: "pending".to_owned(),
+                    attempts: 1,
+                    max_attempts: turn.delivery_max_attempts as i32,
+                    rate_limited: 0,
+                    trace_id: turn.trace_id.to_owned(),
+                    last_part: planned.parts.len() == 1,
+                }),
+            });
         }
     }
     tx.commit().await?;
     Ok(TurnCommit::Committed(Committed {
-        first_deliveries,
+        claimed,
         released,
         unsummarized: check.map(|_| unsummarized),
     }))

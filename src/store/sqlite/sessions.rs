@@ -287,7 +287,8 @@ pub async fn commit_turn(
     )
     .await?;
 
-    let mut first_deliveries = Vec::with_capacity(turn.deliveries.len());
+    // First attempts in the committing worker exist on Postgres only.
+    debug_assert!(turn.first_attempt.is_none(), "no first attempts on SQLite");
     for planned in &turn.deliveries {
         for (index, text) in planned.parts.iter().enumerate() {
             let delivery_id = Uuid::now_v7();
@@ -316,16 +317,15 @@ pub async fn commit_turn(
                     &job,
                     job.idempotency_key(),
                     crate::store::DELIVERY_JOB_ATTEMPTS,
-                    turn.first_delivery_after,
+                    None,
                 )
                 .await?;
-                first_deliveries.push(job);
             }
         }
     }
     tx.commit().await?;
     Ok(TurnCommit::Committed(Committed {
-        first_deliveries,
+        claimed: Vec::new(),
         released,
         unsummarized,
     }))
