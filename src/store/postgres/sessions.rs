@@ -202,66 +202,86 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
         return Ok(TurnCommit::Committed(Committed::default()));
     };
     let mut tx = pool.begin().await?;
-    // The transcript is looked up here, under the row lock: a merge of this
-    // session into another (linked accounts) may have happened during the turn.
+    let session_id = turn.lease.session_id;
+    let user_key = format!("{}:{}", last.connector_id, last.sender_id);
+    let calls = turn.model_calls;
+    // The fence, the turn and its model calls in one statement: the session
+    // row is locked, and the turn written only when the lease epoch still
+    // matches. The transcript is looked up here, under the row lock: a merge
+    // of this session into another (linked accounts) may have happened during
+    // the turn.
     let row: Option<(i64, Uuid)> = sqlx::query_as(
-        "SELECT lease_epoch, COALESCE(merged_into, id) FROM sessions WHERE id = $1 FOR UPDATE",
+        "WITH s AS (
+             SELECT lease_epoch, COALESCE(merged_into, id) AS transcript_id
+               FROM sessions WHERE id = $2 FOR UPDATE
+         ), turn AS (
+             INSERT INTO turns (id, session_id, first_seq, last_seq, status, model, error,
+                                model_attempts, trace_id, started_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM s WHERE s.lease_epoch = $11
+             RETURNING id
+         ), calls AS (
+             INSERT INTO model_calls (turn_id, agent, user_key, candidate, provider, model,
+                                      key_id, outcome, error, latency_ms, input_tokens,
+                                      output_tokens, cost_usd, started_at)
+             SELECT turn.id, $12, $13, c.candidate, c.provider, c.model, c.key_id, c.outcome,
+                    c.error, c.latency_ms, c.input_tokens, c.output_tokens, c.cost_usd,
+                    c.started_at
+               FROM turn,
+                    UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+                           $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::float8[],
+                           $24::timestamptz[])
+                    WITH ORDINALITY AS c (candidate, provider, model, key_id, outcome, error,
+                                          latency_ms, input_tokens, output_tokens, cost_usd,
+                                          started_at, ord)
+              ORDER BY c.ord
+         )
+         SELECT lease_epoch, transcript_id FROM s",
     )
-    .bind(turn.lease.session_id)
+    .bind(turn.turn_id)
+    .bind(session_id)
+    .bind(first.seq)
+    .bind(last.seq)
+    .bind(turn.status())
+    .bind(turn.model)
+    .bind(turn.error.map(without_nul))
+    .bind(turn.model_attempts as i32)
+    .bind(turn.trace_id)
+    .bind(turn.started_at)
+    .bind(turn.lease.epoch)
+    .bind(turn.agent)
+    .bind(&user_key)
+    .bind(
+        calls
+            .iter()
+            .map(|c| c.candidate.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(calls.iter().map(|c| c.provider).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.model.as_str()).collect::<Vec<_>>())
+    .bind(
+        calls
+            .iter()
+            .map(|c| c.key_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(calls.iter().map(|c| c.outcome.as_str()).collect::<Vec<_>>())
+    .bind(
+        calls
+            .iter()
+            .map(|c| c.error.as_deref().map(|e| without_nul(e).into_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(calls.iter().map(|c| c.latency_ms).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.input_tokens).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.output_tokens).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.cost_usd).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.started_at).collect::<Vec<_>>())
     .fetch_optional(&mut *tx)
     .await?;
     let Some((_, transcript_id)) = row.filter(|(epoch, _)| *epoch == turn.lease.epoch) else {
         tx.rollback().await?;
         return Ok(TurnCommit::Fenced);
     };
-    let session_id = turn.lease.session_id;
-    sqlx::query(
-        "INSERT INTO turns (id, session_id, first_seq, last_seq, status, model, error,
-                            model_attempts, trace_id, started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(turn.turn_id)
-    .bind(session_id)
-    .bind(first.seq)
-    .bind(last.seq)
-    .bind(if turn.error.is_some() {
-        "failed"
-    } else {
-        "completed"
-    })
-    .bind(turn.model)
-    .bind(turn.error.map(without_nul))
-    .bind(turn.model_attempts as i32)
-    .bind(turn.trace_id)
-    .bind(turn.started_at)
-    .execute(&mut *tx)
-    .await?;
-
-    let user_key = format!("{}:{}", last.connector_id, last.sender_id);
-    for call in turn.model_calls {
-        sqlx::query(
-            "INSERT INTO model_calls (turn_id, agent, user_key, candidate, provider, model, key_id,
-                                      outcome, error, latency_ms, input_tokens, output_tokens,
-                                      cost_usd, started_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(turn.turn_id)
-        .bind(turn.agent)
-        .bind(&user_key)
-        .bind(&call.candidate)
-        .bind(call.provider)
-        .bind(&call.model)
-        .bind(&call.key_id)
-        .bind(&call.outcome)
-        .bind(call.error.as_deref().map(without_nul))
-        .bind(call.latency_ms)
-        .bind(call.input_tokens)
-        .bind(call.output_tokens)
-        .bind(call.cost_usd)
-        .bind(call.started_at)
-        .execute(&mut *tx)
-        .await?;
-    }
     insert_transcript(&mut tx, &turn, transcript_id).await?;
 
     // The events answered and the session's mark move together, in one
