@@ -163,6 +163,29 @@ impl Store {
         }
     }
 
+    /// Takes a session's lease as [`try_acquire_lease`](Self::try_acquire_lease)
+    /// does and reads what the new holder's first turn answers, as
+    /// [`turn_inputs`](Self::turn_inputs) does: one round trip on Postgres.
+    pub async fn acquire_lease_for_turn(
+        &self,
+        session_id: Uuid,
+        owner: &str,
+        ttl: Duration,
+        limit: i64,
+    ) -> Result<Option<(Lease, TurnInputs)>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::sessions::acquire_for_turn(pool, session_id, owner, ttl, limit).await
+            }
+            Store::Sqlite(_) => {
+                let Some(lease) = self.try_acquire_lease(session_id, owner, ttl).await? else {
+                    return Ok(None);
+                };
+                Ok(Some((lease, self.turn_inputs(session_id, limit).await?)))
+            }
+        }
+    }
+
     pub async fn lease_state(&self, session_id: Uuid) -> Result<LeaseState, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::sessions::lease_state(pool, session_id).await,
@@ -301,7 +324,7 @@ impl Store {
         &self,
         session_id: Uuid,
         limit: i64,
-    ) -> Result<Option<(SessionInfo, Vec<PendingEvent>)>, StoreError> {
+    ) -> Result<TurnInputs, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::sessions::turn_inputs(pool, session_id, limit).await,
             Store::Sqlite(pool) => {
@@ -732,18 +755,22 @@ impl Store {
     }
 
     /// Records an attempt's outcome and schedules what follows, atomically;
-    /// `last_part` is the [`DeliveryRow`]'s (a delivered last part queues nothing).
+    /// `last_part` is the [`DeliveryRow`]'s (a delivered last part queues
+    /// nothing). A job `claimed` outside the queue's consumer (first attempts,
+    /// on Postgres only) is marked done with it.
     pub async fn finish_attempt(
         &self,
         job: &DeliveryJob,
         outcome: AttemptOutcome<'_>,
         last_part: bool,
+        claimed: Option<&postgres::deliveries::ClaimedJob>,
     ) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pool) => {
-                postgres::deliveries::finish_attempt(pool, job, outcome, last_part).await
+                postgres::deliveries::finish_attempt(pool, job, outcome, last_part, claimed).await
             }
             Store::Sqlite(pool) => {
+                debug_assert!(claimed.is_none(), "no first attempts on SQLite");
                 sqlite::deliveries::finish_attempt(pool, job, outcome, last_part).await
             }
         }

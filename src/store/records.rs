@@ -138,6 +138,10 @@ impl HistoryMessage {
     }
 }
 
+/// What a lease holder's next turn answers: the session (None once it was
+/// forgotten) and its unanswered events, in arrival order.
+pub type TurnInputs = Option<(SessionInfo, Vec<PendingEvent>)>;
+
 /// Everything one finished turn writes.
 #[derive(Debug)]
 pub struct TurnRecord<'a> {

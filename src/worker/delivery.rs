@@ -28,7 +28,7 @@ use crate::{
     channels::{OutboundMessage, SendError},
     deployment::Deployment,
     retry::delivery_wait,
-    store::{AttemptOutcome, DeadReason, DeliveryRow},
+    store::{AttemptOutcome, DeadReason, DeliveryRow, postgres::deliveries::ClaimedJob},
 };
 
 pub async fn run(
@@ -37,21 +37,33 @@ pub async fn run(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     job.check_schema_version().map_err(AbortError::new)?;
-    let result = run_claimed(&deployment, &job, None).await;
+    let result = run_claimed(&deployment, &job, None, None).await;
     if result.is_err() {
         super::back_off(attempt.current()).await;
     }
-    result
+    result.map(|_| ())
+}
+
+/// What became of an attempt's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempted {
+    /// The attempt ran and its outcome was recorded (which marked a job
+    /// claimed outside the queue's consumer done).
+    Recorded,
+    /// Nothing was sent: the delivery was no longer pending, this attempt had
+    /// run before, or the job was put back to wait for an earlier reply.
+    NothingSent,
 }
 
 /// One attempt of `job`, for the queue's consumer or for the worker that
-/// claimed the job itself (`first_attempt`), whose commit may have begun the
-/// attempt already (`begun`); an error is logged here.
+/// claimed the job itself (`first_attempt`: `claimed`, and `begun` when its
+/// commit began the attempt); an error is logged here.
 pub async fn run_claimed(
     deployment: &Deployment,
     job: &DeliveryJob,
     begun: Option<DeliveryRow>,
-) -> Result<(), BoxDynError> {
+    claimed: Option<&ClaimedJob>,
+) -> Result<Attempted, BoxDynError> {
     let span = tracing::info_span!(
         "delivery",
         trace_id = %job.trace_id,
@@ -60,8 +72,12 @@ pub async fn run_claimed(
     );
     crate::telemetry::continue_trace(&span, &job.trace_id);
     let result = match begun {
-        Some(row) => attempt(deployment, job, row).instrument(span).await,
-        None => deliver(deployment, job).instrument(span).await,
+        Some(row) => {
+            attempt(deployment, job, row, claimed)
+                .instrument(span)
+                .await
+        }
+        None => deliver(deployment, job, claimed).instrument(span).await,
     };
     if let Err(e) = &result {
         tracing::error!(trace_id = %job.trace_id, delivery_id = %job.delivery_id, error = %e, "delivery job failed; the queue retries it");
@@ -75,7 +91,11 @@ const ORDER_PATIENCE: Duration = Duration::from_secs(2);
 /// When a reply still waits after `ORDER_PATIENCE`, its job runs again after this.
 const ORDER_POLL: Duration = Duration::from_secs(1);
 
-async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDynError> {
+async fn deliver(
+    deployment: &Deployment,
+    job: &DeliveryJob,
+    claimed: Option<&ClaimedJob>,
+) -> Result<Attempted, BoxDynError> {
     let store = &deployment.store;
     let window = deployment.settings.delivery.order_window.0;
     if !window.is_zero() {
@@ -91,7 +111,7 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
             if waiting_since.elapsed() >= ORDER_PATIENCE {
                 tracing::debug!("an earlier reply of this conversation is still pending; waiting");
                 store.defer_delivery(job, ORDER_POLL).await?;
-                return Ok(());
+                return Ok(Attempted::NothingSent);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -99,9 +119,9 @@ async fn deliver(deployment: &Deployment, job: &DeliveryJob) -> Result<(), BoxDy
     }
     let Some(row) = store.begin_attempt(job).await? else {
         tracing::debug!("nothing to send (already delivered, dead, or this attempt ran)");
-        return Ok(());
+        return Ok(Attempted::NothingSent);
     };
-    attempt(deployment, job, row).await
+    attempt(deployment, job, row, claimed).await
 }
 
 /// Sends the begun attempt `row` of `job` and records its outcome.
@@ -109,7 +129,8 @@ async fn attempt(
     deployment: &Deployment,
     job: &DeliveryJob,
     row: DeliveryRow,
-) -> Result<(), BoxDynError> {
+    claimed: Option<&ClaimedJob>,
+) -> Result<Attempted, BoxDynError> {
     let store = &deployment.store;
     let mut sent_at = std::time::Instant::now();
     let result = match deployment.connectors.get(&row.connector_id) {
@@ -204,6 +225,8 @@ async fn attempt(
             "delivery is dead"
         ),
     }
-    store.finish_attempt(job, outcome, row.last_part).await?;
-    Ok(())
+    store
+        .finish_attempt(job, outcome, row.last_part, claimed)
+        .await?;
+    Ok(Attempted::Recorded)
 }

@@ -9,8 +9,9 @@
 //! `worker::delivery`), the commit also begins the attempt, as
 //! `begin_attempt` would; right after the commit this worker sends
 //! (`delivery::run_claimed`, the consumer's code) and marks the job done as the
-//! consumer's ack would. So a first attempt adds no transaction of its own
-//! before the send, and no consumer can run the job meanwhile:
+//! consumer's ack would, in the statement that records the attempt's outcome.
+//! So a first attempt adds no transaction of its own, and no consumer can run
+//! the job meanwhile:
 //! * this process dies mid-attempt: its delivery consumer stops heartbeating and
 //!   the job goes back to the queue after `worker.recovery_window`, as any job it
 //!   held (the attempt reruns: at least once, as after any crash mid-send);
@@ -22,8 +23,11 @@
 //! * the delivery consumer is not registered yet (the worker is starting): the
 //!   commit claims nothing and the jobs run from the queue [`FALLBACK_DELAY`]
 //!   later (due later so that no consumer is woken for a claimed job);
-//! * the attempt fails on the store: its job goes back on the queue at once
-//!   (settling the job, done or back, is retried until the store answers);
+//! * the attempt fails on the store (its outcome, and so the job's end, may or
+//!   may not have been recorded): its job goes back on the queue at once, unless
+//!   already done; an attempt that sent nothing (the reply was no longer
+//!   pending, or waits for an earlier one) marks its job done. Either is
+//!   retried until the store answers;
 //! * the delivery consumer puts its unfinished jobs back after a database outage
 //!   or at shutdown: it skips the jobs claimed with a token listed here (listed
 //!   from before the commit is tried until the attempts settled), and no token
@@ -45,6 +49,7 @@ use tokio::{
     task::JoinSet,
 };
 
+use super::delivery::{Attempted, run_claimed};
 use crate::{
     deployment::Deployment,
     store::{
@@ -227,17 +232,22 @@ impl FirstAttempts {
 
 impl Claims {
     async fn attempt(&self, deployment: &Deployment, job: ClaimedDelivery, token: ClaimToken) {
-        let sent = super::delivery::run_claimed(deployment, &job.job, job.begun).await;
         let claimed = ClaimedJob {
             queue_id: job.queue_id,
             worker: self.consumer.clone(),
             token,
         };
+        let done = match run_claimed(deployment, &job.job, job.begun, Some(&claimed)).await {
+            // Marked done with the attempt's outcome.
+            Ok(Attempted::Recorded) => return,
+            Ok(Attempted::NothingSent) => true,
+            Err(_) => false,
+        };
         // Until settled the job stays claimed, and nothing else would run it
         // again while the consumer lives: keep trying (shutdown cancels this,
         // and the worker then puts the job back).
         let mut waits = super::RestartWaits::new();
-        while let Err(e) = settle_claimed(&self.pool, &claimed, sent.is_ok()).await {
+        while let Err(e) = settle_claimed(&self.pool, &claimed, done).await {
             tracing::warn!(delivery_id = %job.job.delivery_id, error = %e, "could not settle a first delivery attempt's job; trying again");
             waits.sleep().await;
         }

@@ -2,7 +2,7 @@
 //! arrival order, exactly once.
 //!
 //! A turn job first takes the session's lease (see `store::sessions` for the
-//! protocol). If another job holds it, that holder is bound to answer this job's
+//! protocol), reading its first turn's inputs in the same round trip. If another job holds it, that holder is bound to answer this job's
 //! event too (it only releases when nothing is left), so this job ends at once;
 //! if the holder dies, the queue recovers the holder's own job, which waits for
 //! its dead lease to expire and reruns. The holder loops: read unanswered events
@@ -34,7 +34,7 @@ use crate::{
     },
     store::{
         Committed, Lease, PendingEvent, PlannedDelivery, Release, SessionInfo, Store, StoreError,
-        TurnCommit, TurnRecord,
+        TurnCommit, TurnInputs, TurnRecord,
     },
     tools::{Toolbox, TurnScope},
 };
@@ -89,9 +89,13 @@ async fn answer_session(
     let ttl = deployment.settings.worker.session_lease.0;
     let my_prefix = format!("{}@", job.inbound_event_id);
     let owner = format!("{my_prefix}{}", context.worker_id);
-    let lease = loop {
-        if let Some(lease) = store.try_acquire_lease(job.session_id, &owner, ttl).await? {
-            break lease;
+    let first_limit = events_limit(deployment, last_attempt);
+    let (lease, inputs) = loop {
+        if let Some(taken) = store
+            .acquire_lease_for_turn(job.session_id, &owner, ttl, first_limit)
+            .await?
+        {
+            break taken;
         }
         let state = store.lease_state(job.session_id).await?;
         match state.lease_owner {
@@ -119,7 +123,7 @@ async fn answer_session(
             None => {}
         }
     };
-    let result = drain(context, lease, last_attempt).await;
+    let result = drain(context, lease, inputs, last_attempt).await;
     if result.is_err()
         && let Err(e) = store.abandon_lease(lease).await
     {
@@ -128,25 +132,30 @@ async fn answer_session(
     result
 }
 
-/// Answers unanswered events until none is left, holding the lease. With
-/// `give_up_first`, the earliest one is given up (see `run`).
+/// How many unanswered events a turn answers at most; one when it gives the
+/// earliest up.
+fn events_limit(deployment: &Deployment, give_up_first: bool) -> i64 {
+    match deployment.settings.worker.turn_mode {
+        _ if give_up_first => 1,
+        TurnMode::Collect => COLLECT_LIMIT,
+        TurnMode::PerMessage => 1,
+    }
+}
+
+/// Answers unanswered events until none is left, holding the lease, starting
+/// with `inputs` (read as the lease was taken). With `give_up_first`, the
+/// earliest one is given up (see `run`).
 async fn drain(
     context: &TurnContext,
     lease: Lease,
+    mut inputs: TurnInputs,
     mut give_up_first: bool,
 ) -> Result<(), StoreError> {
     let deployment = &context.deployment;
     let store = &deployment.store;
     let settings = &deployment.settings.worker;
-    let limit = match settings.turn_mode {
-        TurnMode::Collect => COLLECT_LIMIT,
-        TurnMode::PerMessage => 1,
-    };
     loop {
-        let Some((session, events)) = store
-            .turn_inputs(lease.session_id, if give_up_first { 1 } else { limit })
-            .await?
-        else {
+        let Some((session, events)) = inputs else {
             tracing::info!("the session was forgotten; nothing to answer");
             return Ok(());
         };
@@ -167,7 +176,11 @@ async fn drain(
         }
         match store.release_lease(lease, settings.session_lease.0).await? {
             Release::Released | Release::Lost => return Ok(()),
-            Release::MoreWork => continue,
+            Release::MoreWork => {
+                inputs = store
+                    .turn_inputs(lease.session_id, events_limit(deployment, give_up_first))
+                    .await?;
+            }
         }
     }
 }

@@ -220,14 +220,23 @@ async fn a_turn_commit_keeps_the_lease_while_work_is_left(backend: Backend) {
     app.post_message(&TestMessage::direct("kl2", "kim", "kim:two"))
         .await;
     let store = &app.deployment.store;
-    let lease = store
-        .try_acquire_lease(session_id, "w", Duration::from_secs(5))
+    // The lease comes with the first turn's inputs.
+    let (lease, inputs) = store
+        .acquire_lease_for_turn(session_id, "w", Duration::from_secs(5), 10)
         .await
         .unwrap()
-        .unwrap();
-    let events: Vec<PendingEvent> = store.pending_events(session_id, 0, 10).await.unwrap();
+        .expect("the lease is free");
+    let (session, events) = inputs.expect("the session exists");
     assert_eq!(events.len(), 2);
-    let session = store.session_info(session_id).await.unwrap().unwrap();
+    assert_eq!(session.processed_seq, 0);
+    assert!(
+        store
+            .acquire_lease_for_turn(session_id, "x", Duration::from_secs(5), 10)
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease is held"
+    );
     let record = |events, compact_after| TurnRecord {
         turn_id: uuid::Uuid::now_v7(),
         agent: "assistant",

@@ -87,14 +87,20 @@ pub async fn begin_attempt(
 }
 
 /// A statement that finishes the attempt's row (`$1` delivery, `$2` outcome,
-/// `$3` status code, `$4` error, `$5` attempt) and then does `$rest`.
+/// `$3` status code, `$4` error, `$5` attempt), marks the attempt's queue job
+/// done when it was claimed outside the queue's consumer (`$6` its id, `$7`
+/// and `$8` its claim; all three NULL otherwise, and nothing is marked), and
+/// then does `$rest`.
 macro_rules! finishing {
     ($rest:literal) => {
         concat!(
             "WITH finished AS (
                  UPDATE delivery_attempts
                     SET finished_at = now(), outcome = $2, status_code = $3, error = $4
-                  WHERE delivery_id = $1 AND attempt = $5)",
+                  WHERE delivery_id = $1 AND attempt = $5
+             ), settled AS (
+                 UPDATE apalis.jobs SET status = 'Done', done_at = now()
+                  WHERE id = $6 AND lock_by = $7 AND lock_at = $8 AND status = 'Running')",
             $rest
         )
     };
@@ -102,14 +108,20 @@ macro_rules! finishing {
 
 /// Records an attempt's outcome and what follows from it, atomically: one
 /// statement when nothing is queued (a last part delivered, a dead delivery),
-/// a transaction with the queued job otherwise.
+/// a transaction with the queued job otherwise. The job of an attempt claimed
+/// outside the queue's consumer (`claimed`, see `worker::first_attempt`) is
+/// marked done with it, as the consumer's ack would.
 pub async fn finish_attempt(
     pool: &PgPool,
     job: &DeliveryJob,
     outcome: AttemptOutcome<'_>,
     last_part: bool,
+    claimed: Option<&ClaimedJob>,
 ) -> Result<(), StoreError> {
     let (label, status_code, error) = outcome.attempt_fields();
+    let queue_id = claimed.map(|c| c.queue_id.as_str());
+    let worker = claimed.map(|c| c.worker.as_str());
+    let lock_at = claimed.map(|c| c.token.at());
     match outcome {
         AttemptOutcome::Delivered if last_part => {
             sqlx::query(finishing!(
@@ -122,6 +134,9 @@ pub async fn finish_attempt(
             .bind(status_code)
             .bind(&error)
             .bind(job.attempt as i32)
+            .bind(queue_id)
+            .bind(worker)
+            .bind(lock_at)
             .execute(pool)
             .await?;
         }
@@ -144,6 +159,9 @@ pub async fn finish_attempt(
             .bind(status_code)
             .bind(&error)
             .bind(job.attempt as i32)
+            .bind(queue_id)
+            .bind(worker)
+            .bind(lock_at)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(next) = next {
@@ -157,8 +175,8 @@ pub async fn finish_attempt(
             sqlx::query(finishing!(
                 "
                  UPDATE deliveries
-                    SET next_attempt_at = now() + $6, error_class = $7, last_error = $8,
-                        rate_limited = rate_limited + CASE WHEN $7 = 'rate_limited' THEN 1 ELSE 0 END
+                    SET next_attempt_at = now() + $9, error_class = $10, last_error = $11,
+                        rate_limited = rate_limited + CASE WHEN $10 = 'rate_limited' THEN 1 ELSE 0 END
                   WHERE id = $1 AND status = 'pending'"
             ))
             .bind(job.delivery_id)
@@ -166,6 +184,9 @@ pub async fn finish_attempt(
             .bind(status_code)
             .bind(&error)
             .bind(job.attempt as i32)
+            .bind(queue_id)
+            .bind(worker)
+            .bind(lock_at)
             .bind(PgInterval {
                 months: 0,
                 days: 0,
@@ -187,7 +208,7 @@ pub async fn finish_attempt(
                  dead AS (
                      UPDATE deliveries
                         SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
-                            error_class = $6, last_error = $7
+                            error_class = $9, last_error = $10
                       WHERE id = $1 AND status = 'pending')
                  UPDATE deliveries n
                     SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
@@ -202,6 +223,9 @@ pub async fn finish_attempt(
             .bind(status_code)
             .bind(&error)
             .bind(job.attempt as i32)
+            .bind(queue_id)
+            .bind(worker)
+            .bind(lock_at)
             .bind(reason.error_class())
             .bind(without_nul(&e.to_string()).into_owned())
             .execute(pool)
@@ -341,8 +365,9 @@ pub async fn release_claims(
     .rows_affected())
 }
 
-/// Ends a claimed job: done (its attempt ran and recorded its outcome), or back
-/// on the queue, due now (the attempt failed on the store).
+/// Ends a claimed job that its attempt's outcome did not end: done (nothing was
+/// sent), or back on the queue, due now (the attempt failed on the store; a job
+/// already done stays done).
 pub async fn settle_claimed(
     pool: &PgPool,
     claimed: &ClaimedJob,

@@ -6,7 +6,8 @@
 //! (advanced by the turn that answers events up to it).
 //!
 //! * [`try_acquire`] takes a free or expired lease with one conditional UPDATE and
-//!   bumps the epoch. The epoch is a fencing token.
+//!   bumps the epoch. The epoch is a fencing token. [`acquire_for_turn`] does the
+//!   same and reads the first turn's inputs in the same statement.
 //! * The holder answers unprocessed events in order and commits each turn with
 //!   [`commit_turn`], which locks the row and checks `lease_epoch`: a worker whose
 //!   lease expired and was taken by another writes nothing, so a slow worker can
@@ -32,7 +33,7 @@ use crate::store::{
     StoreError,
     records::{
         ClaimedDelivery, Committed, DeliveryRow, Lease, LeaseState, PendingEvent, Release,
-        SessionInfo, TurnCommit, TurnRecord, without_nul, without_nul_parts,
+        SessionInfo, TurnCommit, TurnInputs, TurnRecord, without_nul, without_nul_parts,
     },
 };
 use microclaw_jobs::DeliveryJob;
@@ -159,22 +160,19 @@ pub async fn pending_events(
     .await?)
 }
 
-/// The session and up to `limit` of its unanswered events, in one statement
-/// (so in one snapshot): `portable::memory::session_info` and [`pending_events`]
-/// together.
-pub async fn turn_inputs(
-    pool: &PgPool,
-    session_id: Uuid,
-    limit: i64,
-) -> Result<Option<(SessionInfo, Vec<PendingEvent>)>, StoreError> {
-    #[derive(sqlx::FromRow)]
-    struct Inputs {
-        #[sqlx(flatten)]
-        session: SessionInfo,
-        events: sqlx::types::Json<Vec<PendingEvent>>,
-    }
-    let inputs: Option<Inputs> = sqlx::query_as(
-        "SELECT s.agent, s.processed_seq, s.is_group, s.identity_id, s.conversation_key,
+/// A turn's inputs as one row.
+#[derive(sqlx::FromRow)]
+struct Inputs {
+    #[sqlx(flatten)]
+    session: SessionInfo,
+    events: sqlx::types::Json<Vec<PendingEvent>>,
+}
+
+/// The select of a turn's inputs (after the columns `$first`) from the session
+/// row `s` (a CTE), `$2` events at most.
+macro_rules! turn_inputs_from_s {
+    ($first:literal) => {
+        concat!("SELECT ", $first, " s.agent, s.processed_seq, s.is_group, s.identity_id, s.conversation_key,
                 t.id AS transcript_id, t.summary, t.summarized_through,
                 COALESCE((SELECT json_agg(e ORDER BY e.seq)
                             FROM (SELECT id, seq, connector_id, platform_message_id, sender_id,
@@ -185,14 +183,72 @@ pub async fn turn_inputs(
                                    ORDER BY seq
                                    LIMIT $2) e),
                          '[]') AS events
-           FROM sessions s JOIN sessions t ON t.id = COALESCE(s.merged_into, s.id)
-          WHERE s.id = $1",
-    )
+           FROM s JOIN sessions t ON t.id = COALESCE(s.merged_into, s.id)")
+    };
+}
+
+/// The session and up to `limit` of its unanswered events, in one statement
+/// (so in one snapshot): `portable::memory::session_info` and [`pending_events`]
+/// together.
+pub async fn turn_inputs(
+    pool: &PgPool,
+    session_id: Uuid,
+    limit: i64,
+) -> Result<TurnInputs, StoreError> {
+    let inputs: Option<Inputs> = sqlx::query_as(concat!(
+        "WITH s AS (SELECT * FROM sessions WHERE id = $1) ",
+        turn_inputs_from_s!("")
+    ))
     .bind(session_id)
     .bind(limit)
     .fetch_optional(pool)
     .await?;
     Ok(inputs.map(|inputs| (inputs.session, inputs.events.0)))
+}
+
+/// [`try_acquire`] and [`turn_inputs`] in one statement: the lease taken and,
+/// when it was, what the turn answers. The session row read is the one the
+/// lease's update wrote (after waiting for a concurrent writer of the row,
+/// such as the receiver recording an event), the events as of the statement's
+/// start; an event recorded meanwhile is answered by the next turn (the lease
+/// is released only when nothing is left).
+pub async fn acquire_for_turn(
+    pool: &PgPool,
+    session_id: Uuid,
+    owner: &str,
+    ttl: Duration,
+    limit: i64,
+) -> Result<Option<(Lease, TurnInputs)>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Taken {
+        lease_epoch: i64,
+        #[sqlx(flatten)]
+        inputs: Inputs,
+    }
+    let taken: Option<Taken> = sqlx::query_as(concat!(
+        "WITH s AS (
+             UPDATE sessions
+                SET lease_owner = $3, lease_epoch = lease_epoch + 1,
+                    lease_expires_at = now() + $4
+              WHERE id = $1 AND (lease_owner IS NULL OR lease_expires_at <= now())
+              RETURNING *) ",
+        turn_inputs_from_s!("s.lease_epoch,")
+    ))
+    .bind(session_id)
+    .bind(limit)
+    .bind(owner)
+    .bind(interval(ttl))
+    .fetch_optional(pool)
+    .await?;
+    Ok(taken.map(|taken| {
+        (
+            Lease {
+                session_id,
+                epoch: taken.lease_epoch,
+            },
+            Some((taken.inputs.session, taken.inputs.events.0)),
+        )
+    }))
 }
 
 /// Commits a turn: transcript, event marks, `processed_seq`, deliveries and their
