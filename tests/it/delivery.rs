@@ -79,6 +79,62 @@ async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry()
     app.stop().await;
 }
 
+/// A committed reply whose session has an earlier reply still being sent is
+/// claimed for its first attempt but not begun; the attempt waits for the
+/// earlier one, and past its patience puts an attempt job back for later and
+/// ends the claimed job, sending nothing. The replies arrive in order, the
+/// later one with a single attempt.
+#[tokio::test]
+async fn a_first_attempt_held_back_by_an_earlier_reply_ends_its_claimed_job_unsent() {
+    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    app.platform
+        .script(&[PlatformMode::Stall(Duration::from_secs(3))]);
+    app.post_message(&TestMessage::direct("h1", "hal", "hal:first"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.platform.requests() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no delivery attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.post_message(&TestMessage::direct("h2", "hal", "hal:second"))
+        .await;
+    let replies = app.wait_for_replies(2, Duration::from_secs(30)).await;
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        replies
+            .iter()
+            .map(|r| r.event.data.text.as_str())
+            .collect::<Vec<_>>(),
+        ["answer to [hal:first]", "answer to [hal:second]"]
+    );
+    // The first reply's stalled attempt failed and its retry went out; the
+    // second reply went out at its one attempt.
+    let history = app.attempt_history().await;
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert!(history[0].starts_with("1:retryable:"), "{history:?}");
+    assert_eq!(history[1..], ["2:delivered:0", "1:delivered:0"]);
+    let second = "(SELECT 'delivery:' || id || ':1' FROM deliveries ORDER BY id DESC LIMIT 1)";
+    assert_eq!(
+        app.strings(&format!(
+            "SELECT status || ':' || (lock_by LIKE '%-deliveries') FROM apalis.jobs
+              WHERE idempotency_key = {second}"
+        ))
+        .await,
+        ["Done:true"],
+        "claimed by the committing worker and ended unsent"
+    );
+    assert!(
+        app.count(&format!(
+            "SELECT count(*) FROM apalis.jobs
+              WHERE idempotency_key LIKE {second} || ':after:%' AND status = 'Done'"
+        ))
+        .await
+            >= 1,
+        "the attempt ran from a job put back for later"
+    );
+    app.stop().await;
+}
+
 /// A first attempt still running when its worker is told to stop gets the
 /// grace period, is then cancelled, and its claimed job goes back on the
 /// queue before the worker exits (not after the recovery window): the next
