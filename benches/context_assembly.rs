@@ -145,12 +145,8 @@ async fn rehydrate(store: &Store, config: &MemoryConfig, session_id: Uuid) -> us
         identity_id: session.identity_id,
     };
     let events = [event];
-    let history = store
-        .recent_history(session.transcript_id, session.summarized_through, 20)
-        .await
-        .expect("history");
     let scope = MemoryScope::of(&session, &events, config);
-    let layers = memory::rehydrate(store, config, &session, &scope, &events, history)
+    let layers = memory::rehydrate(store, config, &session, &scope, &events, 20)
         .await
         .expect("rehydrate");
     let assembled = context::assemble(

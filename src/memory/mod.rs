@@ -29,7 +29,8 @@ use uuid::Uuid;
 use crate::{
     config::{GroupFacts, MemoryConfig},
     store::{
-        HistoryMessage, MemoryItem, PendingEvent, RecalledMessage, SessionInfo, Store, StoreError,
+        HistoryMessage, LayerReads, MemoryItem, PendingEvent, RecalledMessage, SessionInfo, Store,
+        StoreError,
     },
 };
 
@@ -108,68 +109,64 @@ impl MemoryScope {
     }
 }
 
-/// Reads the memory layers for a turn over `events`, given the session's recent
-/// history (already read, see `Store::recent_history`).
+/// Reads the memory layers for a turn over `events`: the session's newest
+/// `history_limit` messages after its summary, the scope's facts and notes, and
+/// what the long-term recall finds for the events' words (one statement on
+/// Postgres, see `Store::memory_layers`).
 pub async fn rehydrate(
     store: &Store,
     config: &MemoryConfig,
     session: &SessionInfo,
     scope: &MemoryScope,
     events: &[PendingEvent],
-    recent: Vec<HistoryMessage>,
+    history_limit: i64,
 ) -> Result<Layers, StoreError> {
-    let notes = match &scope.conversation_key {
-        Some(key) => store.notes(key, config.max_facts).await?,
-        None => Vec::new(),
-    };
-    let mut people = Vec::new();
-    if let Some((id, name)) = &scope.person {
-        people.push(PersonFacts {
-            name: name.clone(),
-            facts: store.facts(*id, config.max_facts).await?,
-        });
-    }
     let query: String = events
         .iter()
         .map(|e| e.text.as_str())
         .collect::<Vec<_>>()
         .join(" ");
     let terms = search_terms(&query);
-    let known: Vec<Uuid> = notes
-        .iter()
-        .chain(people.iter().flat_map(|p| &p.facts))
-        .map(|item| item.id)
-        .collect();
-    let recalled_memories = store
-        .search_memories(
-            &terms,
-            scope.person_id(),
-            scope.conversation_key.as_deref(),
-            config.recall_items,
-        )
-        .await?
-        .into_iter()
-        .filter(|item| !known.contains(&item.id))
-        .collect();
-    // Only what the context does not already hold verbatim.
-    let before_id = recent
-        .first()
-        .map_or(session.summarized_through + 1, |m| m.id);
-    let recalled_messages = store
-        .search_messages(
-            &terms,
-            session.transcript_id,
-            before_id,
-            config.recall_items,
-        )
+    let rows = store
+        .memory_layers(&LayerReads {
+            transcript_id: session.transcript_id,
+            summarized_through: session.summarized_through,
+            history_limit,
+            person: scope.person_id(),
+            conversation_key: scope.conversation_key.as_deref(),
+            max_facts: config.max_facts,
+            terms: &terms,
+            recall_items: config.recall_items,
+        })
         .await?;
+    // Recalled items the context does not already hold.
+    let recalled_memories = rows
+        .recalled_memories
+        .into_iter()
+        .filter(|item| {
+            !rows
+                .notes
+                .iter()
+                .chain(&rows.facts)
+                .any(|known| known.id == item.id)
+        })
+        .collect();
+    let people = scope
+        .person
+        .as_ref()
+        .map(|(_, name)| PersonFacts {
+            name: name.clone(),
+            facts: rows.facts,
+        })
+        .into_iter()
+        .collect();
     Ok(Layers {
-        notes,
+        notes: rows.notes,
         people,
         recalled_memories,
-        recalled_messages,
+        recalled_messages: rows.recalled_messages,
         summary: session.summary.clone(),
-        recent,
+        recent: rows.recent,
     })
 }
 

@@ -360,6 +360,56 @@ impl Store {
         }
     }
 
+    /// The rows of a turn's memory layers: one statement on Postgres
+    /// (`postgres::layers`), the portable reads one after the other on SQLite.
+    pub async fn memory_layers(&self, reads: &LayerReads<'_>) -> Result<LayerRows, StoreError> {
+        let pool = match self {
+            Store::Postgres(pool) => return postgres::layers::read(pool, reads).await,
+            Store::Sqlite(pool) => pool,
+        };
+        let recent = sqlite::memory::recent_history(
+            pool,
+            reads.transcript_id,
+            reads.summarized_through,
+            reads.history_limit,
+        )
+        .await?;
+        let facts = match reads.person {
+            Some(id) => sqlite::memory::facts(pool, id, reads.max_facts).await?,
+            None => Vec::new(),
+        };
+        let notes = match reads.conversation_key {
+            Some(key) => sqlite::memory::notes(pool, key, reads.max_facts).await?,
+            None => Vec::new(),
+        };
+        let recalled_memories = sqlite::memory::search_memories(
+            pool,
+            reads.terms,
+            reads.person,
+            reads.conversation_key,
+            reads.recall_items,
+        )
+        .await?;
+        let before_id = recent
+            .first()
+            .map_or(reads.summarized_through + 1, |m| m.id);
+        let recalled_messages = sqlite::memory::search_messages(
+            pool,
+            reads.terms,
+            reads.transcript_id,
+            before_id,
+            reads.recall_items,
+        )
+        .await?;
+        Ok(LayerRows {
+            recent,
+            facts,
+            notes,
+            recalled_memories,
+            recalled_messages,
+        })
+    }
+
     /// The newest `limit` messages of a transcript after message `after_id`,
     /// oldest first.
     pub async fn recent_history(
@@ -397,24 +447,6 @@ impl Store {
             self,
             memory::save_summary(lease, transcript_id, built_on, summary, through)
         )
-    }
-
-    /// The newest `limit` facts about a person, oldest first.
-    pub async fn facts(
-        &self,
-        identity_id: Uuid,
-        limit: i64,
-    ) -> Result<Vec<MemoryItem>, StoreError> {
-        portable!(self, memory::facts(identity_id, limit))
-    }
-
-    /// The newest `limit` notes about a group conversation, oldest first.
-    pub async fn notes(
-        &self,
-        conversation_key: &str,
-        limit: i64,
-    ) -> Result<Vec<MemoryItem>, StoreError> {
-        portable!(self, memory::notes(conversation_key, limit))
     }
 
     /// The fact or note a handle names, within the given person and conversation.

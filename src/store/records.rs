@@ -376,6 +376,39 @@ pub enum MemoryWrite {
     },
 }
 
+/// What a turn's memory layers are read from (see `memory::rehydrate`).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerReads<'a> {
+    pub transcript_id: Uuid,
+    /// The summary's mark: the recent messages are those after it.
+    pub summarized_through: i64,
+    pub history_limit: i64,
+    /// Whose facts the turn sees.
+    pub person: Option<Uuid>,
+    /// Whose notes the turn sees.
+    pub conversation_key: Option<&'a str>,
+    pub max_facts: i64,
+    /// The words the long-term recall searches for (`memory::search_terms`).
+    pub terms: &'a [String],
+    pub recall_items: i64,
+}
+
+/// The rows a turn's memory layers are built from, each list in the order the
+/// single reads give it (see `Store::memory_layers`).
+#[derive(Debug, Clone, Default)]
+pub struct LayerRows {
+    /// The transcript's newest messages after the summary, oldest first.
+    pub recent: Vec<HistoryMessage>,
+    /// The person's newest facts, oldest first.
+    pub facts: Vec<MemoryItem>,
+    /// The conversation's newest notes, oldest first.
+    pub notes: Vec<MemoryItem>,
+    /// Facts and notes matching the terms, best first.
+    pub recalled_memories: Vec<MemoryItem>,
+    /// Older transcript messages (before `recent`) matching the terms, best first.
+    pub recalled_messages: Vec<RecalledMessage>,
+}
+
 /// A stored fact or note.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MemoryItem {

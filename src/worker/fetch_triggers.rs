@@ -1,5 +1,9 @@
-//! When a queue consumer fetches: on a notification for its queue (Postgres,
-//! see [`wakeups`](super::wakeups)) and every `worker.poll_interval`.
+//! What wakes a queue consumer to fetch: a notification for its queue
+//! (Postgres, see [`wakeups`](super::wakeups)) and every `worker.poll_interval`.
+//! These triggers decide when the consumer's task is woken, not whether a wake
+//! fetches: apalis 1.0 fetches on every poll of a consumer's stream while
+//! nothing is buffered (`Persisted::poll_next` in `apalis-core`), whatever the
+//! strategy answers, so a job's progress waking the task fetches too.
 //!
 //! Guarantee: a consumer with room for a job fetches at least once every
 //! `poll_interval`, whatever else happens, so a job that falls due later (a

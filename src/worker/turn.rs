@@ -2,10 +2,11 @@
 //! arrival order, exactly once.
 //!
 //! A turn job first takes the session's lease (see `store::sessions` for the
-//! protocol), reading its first turn's inputs in the same round trip. If another job holds it, that holder is bound to answer this job's
-//! event too (it only releases when nothing is left), so this job ends at once;
-//! if the holder dies, the queue recovers the holder's own job, which waits for
-//! its dead lease to expire and reruns. The holder loops: read unanswered events
+//! protocol), reading its first turn's inputs in the same round trip. If
+//! another job holds it, that holder is bound to answer this job's event too
+//! (it only releases when nothing is left), so this job ends at once; if the
+//! holder dies, the queue recovers the holder's own job, which waits for its
+//! dead lease to expire and reruns. The holder loops: read unanswered events
 //! (all of them in "collect" mode, one in "per_message" mode), call the model while
 //! extending the lease, commit the turn fenced by the lease epoch, release or loop.
 //! The commit itself releases the lease when nothing is left and no compaction
@@ -530,20 +531,13 @@ async fn turn_request(
 ) -> Result<ChatRequest, StoreError> {
     let settings = &deployment.settings;
     let store = &deployment.store;
-    let history = store
-        .recent_history(
-            session.transcript_id,
-            session.summarized_through,
-            settings.worker.history_messages,
-        )
-        .await?;
     let layers = memory::rehydrate(
         store,
         &settings.memory,
         session,
         &scope.memory,
         events,
-        history,
+        settings.worker.history_messages,
     )
     .await?;
     let vision = deployment.router.supports_vision(route);

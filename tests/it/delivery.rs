@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use crate::{
     fakes::PlatformMode,
-    helpers::{Backend, TestApp, TestConfig, TestMessage},
+    helpers::{Backend, TestApp, TestConfig, TestMessage, turn_record},
 };
 
 async fn a_delivery_that_fails_permanently_is_dead_with_its_history(backend: Backend) {
@@ -313,18 +313,6 @@ async fn a_turn_commit_claims_its_first_delivery_jobs_for_the_committing_worker(
         let reply = format!("answer to {message}");
         let committed = store
             .commit_turn(TurnRecord {
-                turn_id: uuid::Uuid::now_v7(),
-                agent: "assistant",
-                lease,
-                events: &events,
-                steps: &[],
-                model_calls: &[],
-                reply: &reply,
-                model: Some("m"),
-                error: None,
-                model_attempts: 1,
-                started_at: chrono::Utc::now(),
-                trace_id: "t",
                 deliveries: vec![PlannedDelivery {
                     connector_id: event.connector_id.clone(),
                     channel: connector.channel.kind().as_str().to_owned(),
@@ -337,17 +325,13 @@ async fn a_turn_commit_claims_its_first_delivery_jobs_for_the_committing_worker(
                     },
                     parts: vec![reply.clone()],
                 }],
-                delivery_max_attempts: 3,
-                lease_ttl: Duration::from_secs(5),
                 first_attempt: Some(FirstAttemptClaim {
                     consumer: claimed_by,
                     token,
                     order_since: Some(chrono::Utc::now() - chrono::Duration::minutes(10)),
                     due_after: Duration::from_secs(2),
                 }),
-                memory_writes: &[],
-                scheduled: &[],
-                compaction: None,
+                ..turn_record(lease, &events, &reply)
             })
             .await
             .unwrap();

@@ -82,6 +82,36 @@ macro_rules! on_both_backends {
     )+};
 }
 
+/// A completed turn answering `events` under `lease` with `reply`: no model
+/// calls, no deliveries, no writes; tests override the fields they exercise.
+pub fn turn_record<'a>(
+    lease: microclaw::store::Lease,
+    events: &'a [microclaw::store::PendingEvent],
+    reply: &'a str,
+) -> microclaw::store::TurnRecord<'a> {
+    microclaw::store::TurnRecord {
+        turn_id: uuid::Uuid::now_v7(),
+        agent: "assistant",
+        lease,
+        events,
+        steps: &[],
+        model_calls: &[],
+        reply,
+        model: Some("m"),
+        error: None,
+        model_attempts: 1,
+        started_at: chrono::Utc::now(),
+        trace_id: "t",
+        deliveries: Vec::new(),
+        delivery_max_attempts: 3,
+        lease_ttl: Duration::from_secs(5),
+        first_attempt: None,
+        memory_writes: &[],
+        scheduled: &[],
+        compaction: None,
+    }
+}
+
 /// A fresh database with every migration applied.
 pub struct TestDb {
     pub name: String,

@@ -845,3 +845,216 @@ async fn an_upgrade_gives_earlier_senders_an_identity_and_keeps_their_history(ba
 }
 
 crate::on_both_backends!(an_upgrade_gives_earlier_senders_an_identity_and_keeps_their_history);
+
+/// A turn's memory layers as `Store::memory_layers` reads them (one statement on
+/// Postgres, the portable reads one after the other on SQLite): each layer
+/// bounded, in its order, and only within the person and conversation asked for.
+async fn the_memory_layers_are_bounded_ordered_and_scoped(backend: Backend) {
+    let app = TestApp::spawn(config(backend)).await;
+    let store = app.deployment.store.clone();
+    let mut sessions = Vec::new();
+    for sender in ["ada", "bea"] {
+        let message = microclaw::channels::InboundMessage {
+            platform_message_id: format!("layers-{sender}"),
+            sender_id: sender.into(),
+            sender_name: None,
+            conversation_id: format!("dm-{sender}"),
+            thread_id: None,
+            is_group: false,
+            text: "hello".into(),
+            attachments: Vec::new(),
+            sent_at: None,
+        };
+        let routing = microclaw::store::Routing {
+            connector_id: "web",
+            channel: "custom",
+            agent: "assistant",
+        };
+        let microclaw::store::Recorded::Accepted { session_id, .. } =
+            store.record_inbound(&routing, &message, 3).await.unwrap()
+        else {
+            panic!("not a duplicate");
+        };
+        sessions.push(store.session_info(session_id).await.unwrap().unwrap());
+    }
+    let (ada, bea) = (&sessions[0], &sessions[1]);
+    let ada_id = ada.identity_id.expect("ada has an identity");
+    let bea_id = bea.identity_id.expect("bea has an identity");
+    // Ada's transcript, oldest first; the search words are "apple" and "pear".
+    let transcript = [
+        "apple zulu",
+        "kiwi yankee",
+        "apple pear",
+        "pear xray",
+        "lemon whisky",
+        "apple victor",
+        "mango uniform",
+        "grape tango",
+    ];
+    // Facts and notes, in the order they were written.
+    let memories: [(&str, Option<uuid::Uuid>, Option<&str>, &str); 7] = [
+        ("f0", Some(ada_id), None, "apple sierra"),
+        ("n0", None, Some("web:room"), "apple pear november"),
+        ("f1", Some(ada_id), None, "romeo quebec"),
+        ("fb", Some(bea_id), None, "apple pear oscar"),
+        ("n1", None, Some("web:room"), "mike lima"),
+        ("f2", Some(ada_id), None, "pear papa"),
+        ("n2", None, Some("web:room"), "kilo juliet"),
+    ];
+    let turn_id = uuid::Uuid::now_v7();
+    let start = chrono::Utc::now() - chrono::Duration::hours(1);
+    macro_rules! seed {
+        ($pool:expr, $sql:expr) => {{
+            let mut tx = $pool.begin().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe($sql(
+                "INSERT INTO turns (id, session_id, first_seq, last_seq, status, trace_id, started_at)
+                 VALUES ($1, $2, 1, 1, 'completed', 'test', $3)",
+            )))
+            .bind(turn_id)
+            .bind(ada.transcript_id)
+            .bind(start)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            for (i, content) in transcript.iter().enumerate() {
+                sqlx::query(sqlx::AssertSqlSafe($sql(
+                    "INSERT INTO messages (session_id, turn_id, role, content) VALUES ($1, $2, $3, $4)",
+                )))
+                .bind(ada.transcript_id)
+                .bind(turn_id)
+                .bind(if i % 2 == 0 { "user" } else { "assistant" })
+                .bind(content)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            for (i, (_, person, conversation, content)) in memories.iter().enumerate() {
+                sqlx::query(sqlx::AssertSqlSafe($sql(
+                    "INSERT INTO memories (id, scope, identity_id, conversation_key, content, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )))
+                .bind(uuid::Uuid::now_v7())
+                .bind(if person.is_some() { "user" } else { "conversation" })
+                .bind(person)
+                .bind(conversation)
+                .bind(content)
+                .bind(start + chrono::Duration::seconds(i as i64))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }};
+    }
+    match &app.pool {
+        crate::helpers::TestPool::Postgres(pool) => seed!(pool, |s: &str| s.to_owned()),
+        crate::helpers::TestPool::Sqlite(pool) => seed!(pool, |s: &str| s.replace('$', "?")),
+    }
+    let ids: Vec<i64> = store
+        .recent_history(ada.transcript_id, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids.len(), transcript.len());
+    let terms = microclaw::memory::search_terms("an apple or a pear?");
+    assert_eq!(terms, ["apple", "pear"]);
+    let reads = microclaw::store::LayerReads {
+        transcript_id: ada.transcript_id,
+        summarized_through: ids[1],
+        history_limit: 3,
+        person: Some(ada_id),
+        conversation_key: Some("web:room"),
+        max_facts: 2,
+        terms: &terms,
+        recall_items: 2,
+    };
+    let texts = |items: &[microclaw::store::MemoryItem]| -> Vec<String> {
+        items.iter().map(|m| m.content.clone()).collect()
+    };
+
+    let layers = store.memory_layers(&reads).await.unwrap();
+    let recent: Vec<&str> = layers.recent.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(recent, ["apple victor", "mango uniform", "grape tango"]);
+    assert_eq!(
+        layers
+            .recent
+            .iter()
+            .map(|m| m.role.as_str())
+            .collect::<Vec<_>>(),
+        ["assistant", "user", "assistant"]
+    );
+    assert_eq!(texts(&layers.facts), ["romeo quebec", "pear papa"]);
+    assert_eq!(texts(&layers.notes), ["mike lima", "kilo juliet"]);
+    // Both words first, then the newer of two single matches; never Bea's fact.
+    assert_eq!(
+        texts(&layers.recalled_memories),
+        ["apple pear november", "pear papa"]
+    );
+    // Only messages older than the recent ones, the summarized ones included.
+    let recalled: Vec<&str> = layers
+        .recalled_messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(recalled, ["apple pear", "pear xray"]);
+
+    // A longer window moves the recall's bound with it.
+    let wide = store
+        .memory_layers(&microclaw::store::LayerReads {
+            history_limit: 100,
+            recall_items: 5,
+            ..reads
+        })
+        .await
+        .unwrap();
+    assert_eq!(wide.recent.len(), 6);
+    assert_eq!(wide.recent[0].id, ids[2]);
+    let recalled: Vec<&str> = wide
+        .recalled_messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(recalled, ["apple zulu"]);
+    assert_eq!(
+        texts(&wide.recalled_memories),
+        ["apple pear november", "pear papa", "apple sierra"]
+    );
+
+    // No person, no conversation, nothing to search for: the transcript only.
+    let bare = store
+        .memory_layers(&microclaw::store::LayerReads {
+            person: None,
+            conversation_key: None,
+            terms: &[],
+            ..reads
+        })
+        .await
+        .unwrap();
+    assert_eq!(bare.recent.len(), 3);
+    assert!(
+        bare.facts.is_empty()
+            && bare.notes.is_empty()
+            && bare.recalled_memories.is_empty()
+            && bare.recalled_messages.is_empty(),
+        "{bare:?}"
+    );
+    // Bea's layers hold none of Ada's.
+    let beas = store
+        .memory_layers(&microclaw::store::LayerReads {
+            transcript_id: bea.transcript_id,
+            summarized_through: 0,
+            person: Some(bea_id),
+            conversation_key: None,
+            ..reads
+        })
+        .await
+        .unwrap();
+    assert!(beas.recent.is_empty(), "{beas:?}");
+    assert_eq!(texts(&beas.facts), ["apple pear oscar"]);
+    assert_eq!(texts(&beas.recalled_memories), ["apple pear oscar"]);
+    assert!(beas.recalled_messages.is_empty(), "{beas:?}");
+}
+
+crate::on_both_backends!(the_memory_layers_are_bounded_ordered_and_scoped);

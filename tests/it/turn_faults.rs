@@ -6,7 +6,7 @@ use microclaw::store::{
 
 use crate::{
     fakes::ModelFault,
-    helpers::{Backend, TestApp, TestConfig, TestMessage, postgres_base},
+    helpers::{Backend, TestApp, TestConfig, TestMessage, postgres_base, turn_record},
 };
 
 #[tokio::test]
@@ -159,25 +159,8 @@ async fn a_turn_whose_lease_was_taken_over_writes_nothing(backend: Backend) {
         content: "prefers green tea".into(),
     }];
     let record = |lease| TurnRecord {
-        turn_id: uuid::Uuid::now_v7(),
-        agent: "assistant",
-        lease,
-        events: &events,
-        steps: &[],
-        model_calls: &[],
-        reply: "late answer",
-        model: Some("m"),
-        error: None,
-        model_attempts: 1,
-        started_at: chrono::Utc::now(),
-        trace_id: "t",
-        deliveries: Vec::new(),
-        delivery_max_attempts: 3,
-        lease_ttl: Duration::from_secs(5),
-        first_attempt: None,
         memory_writes: &writes,
-        scheduled: &[],
-        compaction: None,
+        ..turn_record(lease, &events, "late answer")
     };
     assert_eq!(
         store.commit_turn(record(slow)).await.unwrap(),
@@ -238,29 +221,12 @@ async fn a_turn_commit_keeps_the_lease_while_work_is_left(backend: Backend) {
         "the lease is held"
     );
     let record = |events, compact_after| TurnRecord {
-        turn_id: uuid::Uuid::now_v7(),
-        agent: "assistant",
-        lease,
-        events,
-        steps: &[],
-        model_calls: &[],
-        reply: "answer",
-        model: Some("m"),
-        error: None,
-        model_attempts: 1,
-        started_at: chrono::Utc::now(),
-        trace_id: "t",
-        deliveries: Vec::new(),
-        delivery_max_attempts: 3,
-        lease_ttl: Duration::from_secs(5),
-        first_attempt: None,
-        memory_writes: &[],
-        scheduled: &[],
         compaction: Some(CompactionCheck {
             transcript_id: session.transcript_id,
             summarized_through: session.summarized_through,
             compact_after,
         }),
+        ..turn_record(lease, events, "answer")
     };
     let holder = || async {
         store

@@ -233,7 +233,7 @@ pub async fn find_by_handle(
 /// or person are ranked (a search for rare words still reaches the whole history),
 /// so a search costs the same however long the history and however common its
 /// words.
-const RANKED: i64 = 100;
+pub(in crate::store) const RANKED: i64 = 100;
 
 /// The facts and notes most relevant to the search terms (see
 /// `memory::search_terms`), best first.

@@ -16,6 +16,7 @@ pub mod deliveries;
 )]
 pub mod identity;
 pub mod inbound;
+pub mod layers;
 #[path = "../portable/memory.rs"]
 #[allow(
     clippy::duplicate_mod,

@@ -32,8 +32,8 @@ use super::{Enqueue, enqueue};
 use crate::store::{
     StoreError,
     records::{
-        ClaimedDelivery, Committed, DeliveryRow, Lease, LeaseState, PendingEvent, Release,
-        SessionInfo, TurnCommit, TurnInputs, TurnRecord, without_nul, without_nul_parts,
+        ClaimedDelivery, Committed, DeliveryRow, Lease, LeaseState, PendingEvent, PlannedDelivery,
+        Release, SessionInfo, TurnCommit, TurnInputs, TurnRecord, without_nul, without_nul_parts,
     },
 };
 use microclaw_jobs::DeliveryJob;
@@ -261,11 +261,12 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     let session_id = turn.lease.session_id;
     let user_key = format!("{}:{}", last.connector_id, last.sender_id);
     let calls = turn.model_calls;
-    // The fence, the turn and its model calls in one statement: the session
-    // row is locked, and the turn written only when the lease epoch still
-    // matches. The transcript is looked up here, under the row lock: a merge
-    // of this session into another (linked accounts) may have happened during
-    // the turn.
+    let parts = ReplyParts::of(&turn);
+    // The fence, the turn, its model calls and its reply's parts in one
+    // statement: the session row is locked, and the rest written only when the
+    // lease epoch still matches. The transcript is looked up here, under the
+    // row lock: a merge of this session into another (linked accounts) may
+    // have happened during the turn.
     let row: Option<(i64, Uuid)> = sqlx::query_as(
         "WITH s AS (
              SELECT lease_epoch, COALESCE(merged_into, id) AS transcript_id
@@ -290,6 +291,15 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
                                           latency_ms, input_tokens, output_tokens, cost_usd,
                                           started_at, ord)
               ORDER BY c.ord
+         ), parts AS (
+             INSERT INTO deliveries (id, turn_id, session_id, connector_id, channel, target,
+                                     part, text, max_attempts, next_attempt_at, trace_id)
+             SELECT p.id, turn.id, $2, p.connector_id, p.channel, p.target, p.part, p.text,
+                    $31, now(), $9
+               FROM turn,
+                    UNNEST($25::uuid[], $26::text[], $27::text[], $28::jsonb[], $29::int4[],
+                           $30::text[])
+                    AS p (id, connector_id, channel, target, part, text)
          )
          SELECT lease_epoch, transcript_id FROM s",
     )
@@ -332,27 +342,53 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     .bind(calls.iter().map(|c| c.output_tokens).collect::<Vec<_>>())
     .bind(calls.iter().map(|c| c.cost_usd).collect::<Vec<_>>())
     .bind(calls.iter().map(|c| c.started_at).collect::<Vec<_>>())
+    .bind(&parts.ids)
+    .bind(&parts.connector_ids)
+    .bind(&parts.channels)
+    .bind(&parts.targets)
+    .bind(&parts.numbers)
+    .bind(&parts.texts)
+    .bind(turn.delivery_max_attempts as i32)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((_, transcript_id)) = row.filter(|(epoch, _)| *epoch == turn.lease.epoch) else {
         tx.rollback().await?;
         return Ok(TurnCommit::Fenced);
     };
-    insert_transcript(&mut tx, &turn, transcript_id).await?;
 
-    // The events answered and the session's mark move together, in one
-    // statement, which also releases the lease when nothing arrived after the
-    // turn's events (the receiver's bump waits for this row lock, as it does
-    // for `release`) and no compaction is due (the transcript, this turn's
-    // messages included, counted as `memory::compaction` would).
+    // The events answered, the turn's transcript and the session's mark, in
+    // one statement that also releases the lease when nothing arrived after
+    // the turn's events (the receiver's bump waits for this row lock, as it
+    // does for `release`) and no compaction is due (the transcript, this
+    // turn's messages included, counted as `memory::compaction` would). Its
+    // snapshot is taken with the row lock held, so the events' persons are
+    // read as a merge during the turn left them.
+    let transcript = TranscriptRows::of(&turn);
     let event_ids: Vec<Uuid> = turn.events.iter().map(|e| e.id).collect();
     let check = turn.compaction;
     let (released, unsummarized): (bool, i64) = sqlx::query_as(
         "WITH answered AS (
              UPDATE inbound_events SET status = $2, turn_id = $3 WHERE id = ANY($1)
+         ), transcript AS (
+             -- The user messages, the tool steps, the reply: the rows take
+             -- their ids in that order.
+             INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id,
+                                   sender_name, identity_id, model, parts)
+             SELECT $11, $3, m.role, m.content, m.event_id, m.sender_name,
+                    (SELECT identity_id FROM inbound_events WHERE id = m.event_id),
+                    m.model, m.parts
+               FROM UNNEST($12::text[], $13::text[], $14::uuid[], $15::text[], $16::text[],
+                           $17::jsonb[])
+                    WITH ORDINALITY AS m (role, content, event_id, sender_name, model, parts, ord)
+              ORDER BY m.ord
+              RETURNING session_id
          ), unsummarized AS (
-             SELECT COUNT(*) AS n
-               FROM (SELECT 1 FROM messages WHERE session_id = $7 AND id > $8 LIMIT $9) AS m
+             -- The rows this statement inserts are not visible to its own
+             -- reads: they are counted from the insert's answer.
+             SELECT LEAST((SELECT COUNT(*) FROM (SELECT 1 FROM messages
+                                                  WHERE session_id = $7 AND id > $8
+                                                  LIMIT $9) AS m)
+                          + (SELECT COUNT(*) FROM transcript WHERE session_id = $7), $9) AS n
          ), done AS (
              SELECT s.last_inbound_seq <= $5 AND u.n <= $10 AS release
                FROM sessions s, unsummarized u WHERE s.id = $4
@@ -375,6 +411,13 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     .bind(check.map_or(0, |c| c.summarized_through))
     .bind(check.map_or(0, |c| c.cap()))
     .bind(check.map_or(i64::MAX, |c| c.compact_after))
+    .bind(transcript_id)
+    .bind(&transcript.roles)
+    .bind(&transcript.contents)
+    .bind(&transcript.event_ids)
+    .bind(&transcript.sender_names)
+    .bind(&transcript.models)
+    .bind(&transcript.parts)
     .fetch_one(&mut *tx)
     .await?;
 
@@ -388,34 +431,10 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     )
     .await?;
 
-    let mut firsts = Vec::with_capacity(turn.deliveries.len());
-    for planned in &turn.deliveries {
-        for (index, text) in planned.parts.iter().enumerate() {
-            let delivery_id = Uuid::now_v7();
-            sqlx::query(
-                "INSERT INTO deliveries (id, turn_id, session_id, connector_id, channel, target,
-                                         part, text, max_attempts, next_attempt_at, trace_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)",
-            )
-            .bind(delivery_id)
-            .bind(turn.turn_id)
-            .bind(session_id)
-            .bind(&planned.connector_id)
-            .bind(&planned.channel)
-            .bind(sqlx::types::Json(&planned.target))
-            .bind(index as i32 + 1)
-            .bind(without_nul(text))
-            .bind(turn.delivery_max_attempts as i32)
-            .bind(turn.trace_id)
-            .execute(&mut *tx)
-            .await?;
-            // Parts go out one after the other: the next part's job is queued
-            // when this one is delivered (see `deliveries::finish_attempt`).
-            if index == 0 {
-                firsts.push((DeliveryJob::new(delivery_id, 1, turn.trace_id), planned));
-            }
-        }
-    }
+    // Parts go out one after the other: only the first part's job is queued
+    // now, the next one when this one is delivered (see
+    // `deliveries::finish_attempt`).
+    let firsts = parts.firsts(&turn);
     let jobs: Vec<(DeliveryJob, String)> = firsts
         .iter()
         .map(|(job, _)| (job.clone(), job.idempotency_key()))
@@ -467,65 +486,105 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     }))
 }
 
-/// The turn's transcript in one statement, in order: the user messages, the
-/// tool steps, the reply (the rows take their ids in that order).
-async fn insert_transcript(
-    tx: &mut Transaction<'_, Postgres>,
-    turn: &TurnRecord<'_>,
-    transcript_id: Uuid,
-) -> Result<(), StoreError> {
-    let rows = turn.events.len() + turn.steps.len() + 1;
-    let mut roles: Vec<&str> = Vec::with_capacity(rows);
-    let mut contents: Vec<String> = Vec::with_capacity(rows);
-    let mut event_ids: Vec<Option<Uuid>> = Vec::with_capacity(rows);
-    let mut sender_names: Vec<Option<&str>> = Vec::with_capacity(rows);
-    let mut models: Vec<Option<&str>> = Vec::with_capacity(rows);
-    let mut parts: Vec<Option<sqlx::types::Json<Vec<crate::providers::Part>>>> =
-        Vec::with_capacity(rows);
-    for event in turn.events {
-        roles.push("user");
-        contents.push(without_nul(&event.text).into_owned());
-        event_ids.push(Some(event.id));
-        sender_names.push(event.sender_name.as_deref());
-        models.push(None);
-        parts.push(None);
+/// Every part of a turn's replies as the columns of one insert, each part with
+/// the id of its delivery.
+struct ReplyParts<'a> {
+    ids: Vec<Uuid>,
+    connector_ids: Vec<&'a str>,
+    channels: Vec<&'a str>,
+    targets: Vec<sqlx::types::Json<&'a crate::channels::ReplyTarget>>,
+    numbers: Vec<i32>,
+    texts: Vec<String>,
+}
+
+impl<'a> ReplyParts<'a> {
+    fn of(turn: &'a TurnRecord<'_>) -> Self {
+        let count = turn.deliveries.iter().map(|d| d.parts.len()).sum();
+        let mut parts = Self {
+            ids: Vec::with_capacity(count),
+            connector_ids: Vec::with_capacity(count),
+            channels: Vec::with_capacity(count),
+            targets: Vec::with_capacity(count),
+            numbers: Vec::with_capacity(count),
+            texts: Vec::with_capacity(count),
+        };
+        for planned in &turn.deliveries {
+            for (index, text) in planned.parts.iter().enumerate() {
+                parts.ids.push(Uuid::now_v7());
+                parts.connector_ids.push(&planned.connector_id);
+                parts.channels.push(&planned.channel);
+                parts.targets.push(sqlx::types::Json(&planned.target));
+                parts.numbers.push(index as i32 + 1);
+                parts.texts.push(without_nul(text).into_owned());
+            }
+        }
+        parts
     }
-    for step in turn.steps {
-        roles.push(step.role.as_str());
-        contents.push(without_nul(&step.joined_text()).into_owned());
-        event_ids.push(None);
-        sender_names.push(None);
-        models.push(turn.model);
-        parts.push(Some(sqlx::types::Json(without_nul_parts(&step.parts))));
+
+    /// The first part of each reply: its job, and the reply it starts.
+    fn firsts<'t>(&self, turn: &'t TurnRecord<'_>) -> Vec<(DeliveryJob, &'t PlannedDelivery)> {
+        let mut next = 0;
+        turn.deliveries
+            .iter()
+            .filter_map(|planned| {
+                let first = self.ids.get(next).copied();
+                next += planned.parts.len();
+                first
+                    .filter(|_| !planned.parts.is_empty())
+                    .map(|id| (DeliveryJob::new(id, 1, turn.trace_id), planned))
+            })
+            .collect()
     }
-    roles.push("assistant");
-    contents.push(without_nul(turn.reply).into_owned());
-    event_ids.push(None);
-    sender_names.push(None);
-    models.push(turn.model);
-    parts.push(None);
-    sqlx::query(
-        "INSERT INTO messages (session_id, turn_id, role, content, inbound_event_id, sender_name,
-                               identity_id, model, parts)
-         SELECT $1, $2, m.role, m.content, m.event_id, m.sender_name,
-                -- The event's person now: a merge during the turn may have moved it.
-                (SELECT identity_id FROM inbound_events WHERE id = m.event_id),
-                m.model, m.parts
-           FROM UNNEST($3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::jsonb[])
-                WITH ORDINALITY AS m (role, content, event_id, sender_name, model, parts, ord)
-          ORDER BY m.ord",
-    )
-    .bind(transcript_id)
-    .bind(turn.turn_id)
-    .bind(&roles)
-    .bind(&contents)
-    .bind(&event_ids)
-    .bind(&sender_names)
-    .bind(&models)
-    .bind(&parts)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+}
+
+/// A turn's transcript as the columns of one insert, in order: the user
+/// messages, the tool steps, the reply.
+struct TranscriptRows<'a> {
+    roles: Vec<&'a str>,
+    contents: Vec<String>,
+    event_ids: Vec<Option<Uuid>>,
+    sender_names: Vec<Option<&'a str>>,
+    models: Vec<Option<&'a str>>,
+    parts: Vec<Option<sqlx::types::Json<Vec<crate::providers::Part>>>>,
+}
+
+impl<'a> TranscriptRows<'a> {
+    fn of(turn: &'a TurnRecord<'_>) -> Self {
+        let count = turn.events.len() + turn.steps.len() + 1;
+        let mut rows = Self {
+            roles: Vec::with_capacity(count),
+            contents: Vec::with_capacity(count),
+            event_ids: Vec::with_capacity(count),
+            sender_names: Vec::with_capacity(count),
+            models: Vec::with_capacity(count),
+            parts: Vec::with_capacity(count),
+        };
+        for event in turn.events {
+            rows.roles.push("user");
+            rows.contents.push(without_nul(&event.text).into_owned());
+            rows.event_ids.push(Some(event.id));
+            rows.sender_names.push(event.sender_name.as_deref());
+            rows.models.push(None);
+            rows.parts.push(None);
+        }
+        for step in turn.steps {
+            rows.roles.push(step.role.as_str());
+            rows.contents
+                .push(without_nul(&step.joined_text()).into_owned());
+            rows.event_ids.push(None);
+            rows.sender_names.push(None);
+            rows.models.push(turn.model);
+            rows.parts
+                .push(Some(sqlx::types::Json(without_nul_parts(&step.parts))));
+        }
+        rows.roles.push("assistant");
+        rows.contents.push(without_nul(turn.reply).into_owned());
+        rows.event_ids.push(None);
+        rows.sender_names.push(None);
+        rows.models.push(turn.model);
+        rows.parts.push(None);
+        rows
+    }
 }
 
 pub(super) async fn enqueue_delivery(
