@@ -360,54 +360,53 @@ impl Store {
         }
     }
 
-    /// The rows of a turn's memory layers: one statement on Postgres
-    /// (`postgres::layers`), the portable reads one after the other on SQLite.
+    /// The rows of a turn's memory layers: two round trips on Postgres (see
+    /// `postgres::layers`), the portable reads one after the other on SQLite.
     pub async fn memory_layers(&self, reads: &LayerReads<'_>) -> Result<LayerRows, StoreError> {
-        let pool = match self {
-            Store::Postgres(pool) => return postgres::layers::read(pool, reads).await,
-            Store::Sqlite(pool) => pool,
+        let mut layers = match self {
+            Store::Postgres(pool) => postgres::layers::read(pool, reads).await?,
+            Store::Sqlite(pool) => LayerRows {
+                recent: sqlite::memory::recent_history(
+                    pool,
+                    reads.transcript_id,
+                    reads.summarized_through,
+                    reads.history_limit,
+                )
+                .await?,
+                facts: match reads.person {
+                    Some(id) => sqlite::memory::facts(pool, id, reads.max_facts).await?,
+                    None => Vec::new(),
+                },
+                notes: match reads.conversation_key {
+                    Some(key) => sqlite::memory::notes(pool, key, reads.max_facts).await?,
+                    None => Vec::new(),
+                },
+                recalled_memories: sqlite::memory::search_memories(
+                    pool,
+                    reads.terms,
+                    reads.person,
+                    reads.conversation_key,
+                    reads.recall_items,
+                )
+                .await?,
+                recalled_messages: Vec::new(),
+            },
         };
-        let recent = sqlite::memory::recent_history(
-            pool,
-            reads.transcript_id,
-            reads.summarized_through,
-            reads.history_limit,
-        )
-        .await?;
-        let facts = match reads.person {
-            Some(id) => sqlite::memory::facts(pool, id, reads.max_facts).await?,
-            None => Vec::new(),
-        };
-        let notes = match reads.conversation_key {
-            Some(key) => sqlite::memory::notes(pool, key, reads.max_facts).await?,
-            None => Vec::new(),
-        };
-        let recalled_memories = sqlite::memory::search_memories(
-            pool,
-            reads.terms,
-            reads.person,
-            reads.conversation_key,
-            reads.recall_items,
-        )
-        .await?;
-        let before_id = recent
+        // The recall reaches up to the oldest message the context holds verbatim.
+        let before_id = layers
+            .recent
             .first()
             .map_or(reads.summarized_through + 1, |m| m.id);
-        let recalled_messages = sqlite::memory::search_messages(
-            pool,
-            reads.terms,
-            reads.transcript_id,
-            before_id,
-            reads.recall_items,
-        )
-        .await?;
-        Ok(LayerRows {
-            recent,
-            facts,
-            notes,
-            recalled_memories,
-            recalled_messages,
-        })
+        layers.recalled_messages = portable!(
+            self,
+            memory::search_messages(
+                reads.terms,
+                reads.transcript_id,
+                before_id,
+                reads.recall_items
+            )
+        )?;
+        Ok(layers)
     }
 
     /// The newest `limit` messages of a transcript after message `after_id`,

@@ -1,13 +1,17 @@
-//! A turn's memory layers in one statement.
+//! A turn's memory layers in two round trips.
 //!
 //! Before its model call a turn reads five bounded layers (`memory::rehydrate`):
 //! the transcript's newest messages after its summary mark, the person's facts,
 //! the conversation's notes, and the two long-term recalls. Each is a LIMIT on an
-//! index, so the cost does not grow with the history; here they are also one
-//! round trip. Each CTE below is the read of the same name in
+//! index, so the cost does not grow with the history. The first four are one
+//! statement here: each CTE below is the read of the same name in
 //! `store::portable::memory` (which SQLite runs one after the other, see
-//! `Store::memory_layers`) and must stay in step with it; the message recall
-//! stops before the oldest recent message, as `rehydrate` asks.
+//! `Store::memory_layers`) and must stay in step with it. Postgres plans that
+//! statement once per connection. The message recall follows on its own (the
+//! portable read, bounded by the oldest recent message): its plan depends on the
+//! session's length (a plan made for any session sorts a long session's every
+//! match), so Postgres plans it for each call, which it would then do for the
+//! whole statement (measured in `BENCHMARKS.md`, context assembly).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -16,7 +20,7 @@ use uuid::Uuid;
 use super::memory::RANKED;
 use crate::store::{
     StoreError,
-    records::{HistoryMessage, LayerReads, LayerRows, MemoryItem, RecalledMessage},
+    records::{HistoryMessage, LayerReads, LayerRows, MemoryItem},
 };
 
 /// One row of any layer: `layer` says which, and which columns it fills.
@@ -31,7 +35,8 @@ struct LayerRow {
     created_at: Option<DateTime<Utc>>,
 }
 
-/// Reads the rows of a turn's memory layers in one statement.
+/// Reads the rows of a turn's memory layers but the message recall's, in one
+/// statement.
 pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, StoreError> {
     // NULL when there is nothing to search for: no match, and no notice about
     // an empty query.
@@ -58,16 +63,6 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
                              OR (scope = 'conversation' AND conversation_key = $5))
                       ORDER BY created_at DESC LIMIT $9) AS hits
               ORDER BY rank LIMIT $8
-         ), recalled_messages AS (
-             SELECT id, role, content, created_at,
-                    row_number() OVER (ORDER BY ts_rank(search, to_tsquery('english', $7)) DESC,
-                                                id DESC) AS rank
-               FROM (SELECT id, role, content, created_at, search FROM messages
-                      WHERE session_id = $1 AND parts IS NULL
-                        AND id < COALESCE((SELECT min(id) FROM recent), $2 + 1)
-                        AND search @@ to_tsquery('english', $7)
-                      ORDER BY id DESC LIMIT $9) AS hits
-              ORDER BY rank LIMIT $8
          )
          SELECT 0 AS layer, id AS message_id, NULL::uuid AS item_id, role, content, parts,
                 NULL::timestamptz AS created_at, id AS position
@@ -82,8 +77,6 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
            FROM notes
          UNION ALL
          SELECT 3, NULL, id, NULL, content, NULL, created_at, rank FROM recalled_memories
-         UNION ALL
-         SELECT 4, id, NULL, role, content, NULL, created_at, rank FROM recalled_messages
          ORDER BY layer, position",
     )
     .bind(reads.transcript_id)
@@ -123,14 +116,6 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
                     2 => layers.notes.push(item),
                     _ => layers.recalled_memories.push(item),
                 }
-            }
-            (4, Some(id), None, Some(role), Some(created_at)) => {
-                layers.recalled_messages.push(RecalledMessage {
-                    id,
-                    role,
-                    content: row.content,
-                    created_at,
-                })
             }
             (layer, ..) => {
                 return Err(StoreError::Database(sqlx::Error::Decode(
