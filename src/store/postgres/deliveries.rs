@@ -388,3 +388,38 @@ pub async fn settle_claimed(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens taken at once on several threads are all different, each thread's
+    /// strictly increasing, and each survives Postgres's microsecond precision.
+    #[test]
+    fn claim_tokens_are_unique_and_increasing() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..2_000)
+                        .map(|_| ClaimToken::now().at())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for thread in threads {
+            let tokens = thread.join().expect("thread");
+            assert!(tokens.windows(2).all(|w| w[0] < w[1]));
+            assert!(
+                tokens
+                    .iter()
+                    .all(|t| t.timestamp_subsec_nanos() % 1_000 == 0)
+            );
+            all.extend(tokens);
+        }
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count, "a token was handed out twice");
+    }
+}

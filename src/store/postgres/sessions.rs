@@ -261,7 +261,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     let session_id = turn.lease.session_id;
     let user_key = format!("{}:{}", last.connector_id, last.sender_id);
     let calls = turn.model_calls;
-    let parts = ReplyParts::of(&turn);
+    let parts = ReplyParts::of(&turn.deliveries);
     // The fence, the turn, its model calls and its reply's parts in one
     // statement: the session row is locked, and the rest written only when the
     // lease epoch still matches. The transcript is looked up here, under the
@@ -434,7 +434,7 @@ pub async fn commit_turn(pool: &PgPool, turn: TurnRecord<'_>) -> Result<TurnComm
     // Parts go out one after the other: only the first part's job is queued
     // now, the next one when this one is delivered (see
     // `deliveries::finish_attempt`).
-    let firsts = parts.firsts(&turn);
+    let firsts = parts.firsts(&turn.deliveries, turn.trace_id);
     let jobs: Vec<(DeliveryJob, String)> = firsts
         .iter()
         .map(|(job, _)| (job.clone(), job.idempotency_key()))
@@ -498,8 +498,8 @@ struct ReplyParts<'a> {
 }
 
 impl<'a> ReplyParts<'a> {
-    fn of(turn: &'a TurnRecord<'_>) -> Self {
-        let count = turn.deliveries.iter().map(|d| d.parts.len()).sum();
+    fn of(deliveries: &'a [PlannedDelivery]) -> Self {
+        let count = deliveries.iter().map(|d| d.parts.len()).sum();
         let mut parts = Self {
             ids: Vec::with_capacity(count),
             connector_ids: Vec::with_capacity(count),
@@ -508,7 +508,7 @@ impl<'a> ReplyParts<'a> {
             numbers: Vec::with_capacity(count),
             texts: Vec::with_capacity(count),
         };
-        for planned in &turn.deliveries {
+        for planned in deliveries {
             for (index, text) in planned.parts.iter().enumerate() {
                 parts.ids.push(Uuid::now_v7());
                 parts.connector_ids.push(&planned.connector_id);
@@ -521,17 +521,22 @@ impl<'a> ReplyParts<'a> {
         parts
     }
 
-    /// The first part of each reply: its job, and the reply it starts.
-    fn firsts<'t>(&self, turn: &'t TurnRecord<'_>) -> Vec<(DeliveryJob, &'t PlannedDelivery)> {
+    /// The first part of each of `deliveries` (those `of` was built from): its
+    /// job, and the reply it starts.
+    fn firsts<'t>(
+        &self,
+        deliveries: &'t [PlannedDelivery],
+        trace_id: &str,
+    ) -> Vec<(DeliveryJob, &'t PlannedDelivery)> {
         let mut next = 0;
-        turn.deliveries
+        deliveries
             .iter()
             .filter_map(|planned| {
                 let first = self.ids.get(next).copied();
                 next += planned.parts.len();
                 first
                     .filter(|_| !planned.parts.is_empty())
-                    .map(|id| (DeliveryJob::new(id, 1, turn.trace_id), planned))
+                    .map(|id| (DeliveryJob::new(id, 1, trace_id), planned))
             })
             .collect()
     }
@@ -602,4 +607,55 @@ pub(super) async fn enqueue_delivery(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(connector: &str, parts: &[&str]) -> PlannedDelivery {
+        PlannedDelivery {
+            connector_id: connector.into(),
+            channel: "custom".into(),
+            target: crate::channels::ReplyTarget {
+                conversation_id: "c".into(),
+                thread_id: None,
+                recipient_id: "r".into(),
+                is_group: false,
+                in_reply_to: Vec::new(),
+            },
+            parts: parts.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    /// Every part is a row numbered within its reply; each reply's first job
+    /// names the id of that reply's first part, a reply without parts none.
+    #[test]
+    fn each_reply_starts_with_its_own_first_part() {
+        let deliveries = [
+            reply("a", &["a1", "a2", "a3"]),
+            reply("b", &[]),
+            reply("c", &["c1"]),
+            reply("d", &["d1", "d\0x2"]),
+        ];
+        let parts = ReplyParts::of(&deliveries);
+        // Postgres text holds no NUL: it is dropped.
+        assert_eq!(parts.texts, ["a1", "a2", "a3", "c1", "d1", "dx2"]);
+        assert_eq!(parts.numbers, [1, 2, 3, 1, 1, 2]);
+        assert_eq!(parts.connector_ids, ["a", "a", "a", "c", "d", "d"]);
+        let firsts = parts.firsts(&deliveries, "trace");
+        let named: Vec<(Uuid, &str)> = firsts
+            .iter()
+            .map(|(job, planned)| (job.delivery_id, planned.connector_id.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (parts.ids[0], "a"),
+                (parts.ids[3], "c"),
+                (parts.ids[4], "d")
+            ]
+        );
+        assert!(firsts.iter().all(|(job, _)| job.attempt == 1));
+    }
 }
