@@ -53,6 +53,20 @@ fn group(id: &str, sender: &str, text: &str) -> TestMessage {
     }
 }
 
+/// Records `message` on the "web" connector straight into the store, as the
+/// receiver would; the session it went to.
+async fn record_on_web(store: &Store, message: &microclaw::channels::InboundMessage) -> uuid::Uuid {
+    let routing = microclaw::store::Routing {
+        connector_id: "web",
+        channel: "custom",
+        agent: "assistant",
+    };
+    match store.record_inbound(&routing, message, 3).await.unwrap() {
+        microclaw::store::Recorded::Accepted { session_id, .. } => session_id,
+        other => panic!("not recorded: {other:?}"),
+    }
+}
+
 /// The link code in a `/link` reply.
 fn code_in(reply: &str) -> String {
     reply
@@ -788,16 +802,7 @@ async fn an_upgrade_gives_earlier_senders_an_identity_and_keeps_their_history(ba
         attachments: Vec::new(),
         sent_at: None,
     };
-    let routing = microclaw::store::Routing {
-        connector_id: "web",
-        channel: "custom",
-        agent: "assistant",
-    };
-    let microclaw::store::Recorded::Accepted { session_id, .. } =
-        store.record_inbound(&routing, &message, 3).await.unwrap()
-    else {
-        panic!("not a duplicate");
-    };
+    let session_id = record_on_web(&store, &message).await;
     let session = store.session_info(session_id).await.unwrap().unwrap();
     assert_eq!(session.identity_id, Some(ada));
     let history = store
@@ -819,13 +824,7 @@ async fn an_upgrade_gives_earlier_senders_an_identity_and_keeps_their_history(ba
         is_group: true,
         ..message
     };
-    let microclaw::store::Recorded::Accepted {
-        session_id: group_session,
-        ..
-    } = store.record_inbound(&routing, &group, 3).await.unwrap()
-    else {
-        panic!("not a duplicate");
-    };
+    let group_session = record_on_web(&store, &group).await;
     let info = store.session_info(group_session).await.unwrap().unwrap();
     assert_eq!(info.conversation_key.as_deref(), Some("web:room"));
     let report = store.forget_identity(ada).await.unwrap().unwrap();
@@ -873,16 +872,7 @@ async fn the_memory_layers_are_bounded_ordered_and_scoped(backend: Backend) {
             attachments: Vec::new(),
             sent_at: None,
         };
-        let routing = microclaw::store::Routing {
-            connector_id: "web",
-            channel: "custom",
-            agent: "assistant",
-        };
-        let microclaw::store::Recorded::Accepted { session_id, .. } =
-            store.record_inbound(&routing, &message, 3).await.unwrap()
-        else {
-            panic!("not a duplicate");
-        };
+        let session_id = record_on_web(&store, &message).await;
         sessions.push(store.session_info(session_id).await.unwrap().unwrap());
     }
     let (ada, bea) = (&sessions[0], &sessions[1]);
