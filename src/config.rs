@@ -75,12 +75,13 @@ impl<'de> Deserialize<'de> for Span {
             Secs(u64),
             Text(String),
         }
-        match Repr::deserialize(deserializer)? {
-            Repr::Secs(s) => Ok(Span::secs(s)),
-            Repr::Text(text) => parse_span(&text)
-                .map(Span)
-                .map_err(serde::de::Error::custom),
-        }
+        let text = match Repr::deserialize(deserializer)? {
+            Repr::Secs(s) => s.to_string(),
+            Repr::Text(text) => text,
+        };
+        parse_span(&text)
+            .map(Span)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -95,13 +96,19 @@ pub fn parse_span(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a duration such as 250ms, 30s, 5m or 1h"))?;
     match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
     }
+    .filter(|span| *span <= LONGEST_SPAN)
+    .ok_or_else(|| format!("`{text}` is longer than ten years"))
 }
+
+/// The longest duration configuration takes: arithmetic on settings (a grace
+/// period times four, a deadline from now) cannot overflow below it.
+const LONGEST_SPAN: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 // ---------------------------------------------------------------------------
 // What the file says
@@ -264,6 +271,9 @@ pub struct WorkerConfig {
     pub apology: String,
     /// Queue-level attempts of a turn job (database errors, crashes).
     pub turn_job_attempts: usize,
+    /// Queue jobs that finished for good are deleted this long after they
+    /// finished, by the maintenance pass; 0 keeps them.
+    pub finished_jobs_kept_for: Span,
 }
 
 impl Default for WorkerConfig {
@@ -280,6 +290,7 @@ impl Default for WorkerConfig {
             history_messages: 20,
             apology: "Sorry, I can't answer right now. Please try again in a moment.".into(),
             turn_job_attempts: 10,
+            finished_jobs_kept_for: Span::secs(86_400),
         }
     }
 }
@@ -477,7 +488,8 @@ pub struct MemoryConfig {
     pub group_user_facts: GroupFacts,
     /// Transcript messages older than this many days are deleted; 0 keeps them.
     pub retention_days: u32,
-    /// How often each worker runs the maintenance (retention) pass.
+    /// How often each worker runs the maintenance passes: retention, and the
+    /// purge of finished queue jobs (`worker.finished_jobs_kept_for`).
     pub maintenance_interval: Span,
 }
 
@@ -1249,6 +1261,13 @@ impl Settings {
                 "must be below three quarters of worker.recovery_window: a draining worker stops heartbeating, and its jobs would be taken for a dead worker's".into(),
             );
         }
+        let kept_for = raw.worker.finished_jobs_kept_for.0;
+        if !kept_for.is_zero() && kept_for < raw.worker.recovery_window.0 {
+            problem(
+                "worker.finished_jobs_kept_for".into(),
+                "must be 0 (keep them) or at least worker.recovery_window: a job run again after a crash queues its next job under the same idempotency key, which only the finished job's row turns away".into(),
+            );
+        }
         if raw.worker.session_lease.0 < Duration::from_secs(1) {
             problem("worker.session_lease".into(), "must be at least 1s".into());
         }
@@ -1985,6 +2004,7 @@ mod tests {
             [worker]
             recovery_window = "10s"
             session_lease = "20s"
+            finished_jobs_kept_for = "5s"
             [models.main]
             provider = "openai"
             api_key_env = "NOPE_KEY"
@@ -2005,6 +2025,7 @@ mod tests {
         for expected in [
             "worker.session_lease",
             "worker.shutdown_grace",
+            "worker.finished_jobs_kept_for",
             "models.main.model",
             "models.main.api_key_env",
             "models.main.timeout",
@@ -2180,6 +2201,9 @@ mod tests {
         assert_eq!(parse_span("30").unwrap(), Duration::from_secs(30));
         assert!(parse_span("5 weeks").is_err());
         assert!(parse_span("soon").is_err());
+        assert!(parse_span("87601h").is_err());
+        assert!(parse_span("9999999999999999999h").is_err());
+        assert_eq!(parse_span("24h").unwrap(), Duration::from_secs(86_400));
     }
 
     #[test]

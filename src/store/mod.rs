@@ -560,6 +560,16 @@ impl Store {
         )
     }
 
+    /// Deletes up to `limit` queue jobs that finished for good before `cutoff`
+    /// (see `worker::maintenance`); how many.
+    pub async fn purge_finished_jobs(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        portable!(self, admin::purge_finished_jobs(cutoff, limit))
+    }
+
     /// Whether an earlier reply of the same session and connector, created after
     /// `not_before`, is still pending.
     pub async fn earlier_delivery_pending(

@@ -10,6 +10,13 @@
 //!   `memory.retention_days` is set: transcript messages older than that (with
 //!   their settled inbound events and finished deliveries) are deleted. It never
 //!   touches a pending event or delivery.
+//! * **Finished queue jobs**, every `memory.maintenance_interval` when
+//!   `worker.finished_jobs_kept_for` is set: jobs that finished for good (done,
+//!   killed, failed with no attempt left) that long ago are deleted, in batches,
+//!   so the queue's table holds the recent past and not every job ever run (two
+//!   a message). A job's row also turns away a second job under its
+//!   idempotency key, and a rerun queues its next job again only within the
+//!   recovery window, so the setting may not be shorter than the window.
 //!
 //! * **Scheduled messages**, every `worker.poll_interval`: due messages become
 //!   deliveries (see `store::portable::scheduled`), each in its own transaction
@@ -36,6 +43,9 @@ pub async fn run(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retention = tokio::time::interval(memory.maintenance_interval.0);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut finished_jobs = tokio::time::interval(memory.maintenance_interval.0);
+    finished_jobs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let jobs_kept_for = worker.finished_jobs_kept_for.0;
     let mut scheduled =
         tokio::time::interval(worker.poll_interval.0.max(Duration::from_millis(100)));
     scheduled.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,6 +54,9 @@ pub async fn run(
             _ = scheduled.tick() => dispatch_scheduled(&store, delivery_max_attempts).await,
             _ = sweep.tick() => requeue_stranded(&store, window, worker.turn_job_attempts).await,
             _ = retention.tick(), if memory.retention_days > 0 => purge(&store, &memory).await,
+            _ = finished_jobs.tick(), if !jobs_kept_for.is_zero() => {
+                purge_finished_jobs(&store, jobs_kept_for).await
+            }
         }
     }
 }
@@ -93,5 +106,35 @@ async fn purge(store: &Store, memory: &MemoryConfig) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "retention purge failed; it runs again later"),
+    }
+}
+
+/// Finished jobs deleted by one statement: a pass that finds more runs again
+/// at once, so no statement holds many rows' locks or writes much at a time.
+const FINISHED_JOBS_BATCH: i64 = 5_000;
+
+async fn purge_finished_jobs(store: &Store, kept_for: Duration) {
+    // Configuration bounds every span to ten years, which chrono takes.
+    let Ok(kept_for_chrono) = chrono::Duration::from_std(kept_for) else {
+        return;
+    };
+    let cutoff = chrono::Utc::now() - kept_for_chrono;
+    let mut deleted = 0;
+    loop {
+        match store.purge_finished_jobs(cutoff, FINISHED_JOBS_BATCH).await {
+            Ok(batch) => {
+                deleted += batch;
+                if batch < FINISHED_JOBS_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purge of finished queue jobs failed; it runs again later");
+                break;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, kept_for = ?kept_for, "finished queue jobs purged");
     }
 }

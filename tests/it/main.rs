@@ -20,6 +20,7 @@ mod ordering;
 mod pacing;
 mod pipeline;
 mod queue_fetch;
+mod queue_finished;
 mod queue_wakeups;
 mod receiver;
 mod router;

@@ -549,3 +549,34 @@ pub async fn requeue_stranded_sessions(
     }
     Ok(queued)
 }
+
+/// Deletes up to `limit` queue jobs that finished for good (done, killed, or
+/// failed with no attempt left) before `cutoff`; returns how many. Pending,
+/// queued, running and retryable jobs are never touched. A job's idempotency
+/// key is free again once its job is deleted, so the cutoff must lie further
+/// back than any rerun that could queue the same key (see
+/// `worker::maintenance`).
+pub async fn purge_finished_jobs(
+    pool: &sqlx::Pool<Db>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let table = match BACKEND {
+        Backend::Postgres => "apalis.jobs",
+        Backend::Sqlite => "Jobs",
+    };
+    let statement = sql(&format!(
+        "DELETE FROM {table} WHERE id IN
+           (SELECT id FROM {table}
+             WHERE (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))
+               AND done_at < $1
+             LIMIT $2)"
+    ));
+    // The queue's tables are apalis's: done_at is a timestamp on Postgres and
+    // Unix seconds on SQLite.
+    let delete = match BACKEND {
+        Backend::Postgres => sqlx::query(statement).bind(cutoff),
+        Backend::Sqlite => sqlx::query(statement).bind(cutoff.timestamp()),
+    };
+    Ok(delete.bind(limit).execute(pool).await?.rows_affected())
+}
