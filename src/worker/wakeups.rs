@@ -14,11 +14,20 @@
 //! each wake-up is followed by one more, [`RECHECK_AFTER`] later (a fetch takes
 //! a few milliseconds), which costs at most one extra fetch per burst of jobs.
 //!
+//! Each time the listener starts listening (at start, and after it lost its
+//! connection and reconnected by itself) it wakes every subscribed consumer
+//! once: a job queued while nobody listened was notified to no one, and would
+//! otherwise wait for the next poll. At start this closes a race: a consumer's
+//! first fetch can run before the listener listens, and a job committed
+//! between the two was found by neither until the next poll or heartbeat (the
+//! likely cause of one `queue_wakeups` failure in a loaded CI run, whose polls
+//! are an hour apart).
+//!
 //! Nothing depends on a wake-up for correctness: each consumer also polls every
 //! `worker.poll_interval` ([`FetchTriggers`](super::fetch_triggers::FetchTriggers),
-//! which combines the two), which finds delayed retries and whatever was queued
-//! while the listening connection was lost (it reconnects by itself and wakes
-//! nobody then; `queue_wakeups` tests reconnection with the poll an hour apart).
+//! which combines the two), which finds delayed retries and whatever a lost
+//! wake-up left (`queue_wakeups` tests reconnection with the poll an hour
+//! apart).
 
 use std::{
     collections::HashMap,
@@ -142,6 +151,10 @@ async fn listen(pool: PgPool, subscribers: Arc<Mutex<HashMap<String, mpsc::Sende
             continue;
         }
         waits = super::RestartWaits::new();
+        // Jobs queued while nobody listened were notified to no one.
+        for sender in lock(&subscribers).values() {
+            let _ = sender.try_send(());
+        }
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
