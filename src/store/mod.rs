@@ -560,14 +560,15 @@ impl Store {
         )
     }
 
-    /// Deletes up to `limit` queue jobs that finished for good before `cutoff`
-    /// (see `worker::maintenance`); how many.
+    /// Deletes up to `limit` queue jobs that finished for good before `cutoff`,
+    /// in id order after `after` (see `worker::maintenance`).
     pub async fn purge_finished_jobs(
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
+        after: &str,
         limit: i64,
-    ) -> Result<u64, StoreError> {
-        portable!(self, admin::purge_finished_jobs(cutoff, limit))
+    ) -> Result<PurgedJobs, StoreError> {
+        portable!(self, admin::purge_finished_jobs(cutoff, after, limit))
     }
 
     /// Whether an earlier reply of the same session and connector, created after

@@ -541,6 +541,15 @@ pub struct PurgeReport {
     pub deliveries: u64,
 }
 
+/// One batch of a purge of finished queue jobs (see `worker::maintenance`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgedJobs {
+    pub deleted: u64,
+    /// The last job id the batch looked at, where the next batch starts; None
+    /// when the batch was short: the pass is done.
+    pub resume_after: Option<String>,
+}
+
 /// A delivery as the admin queue lists it.
 #[derive(
     Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,

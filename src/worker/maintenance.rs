@@ -41,10 +41,8 @@ pub async fn run(
     let window = worker.recovery_window.0;
     let mut sweep = tokio::time::interval((window / 2).max(Duration::from_millis(100)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retention = tokio::time::interval(memory.maintenance_interval.0);
-    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut finished_jobs = tokio::time::interval(memory.maintenance_interval.0);
-    finished_jobs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut maintenance = tokio::time::interval(memory.maintenance_interval.0);
+    maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let jobs_kept_for = worker.finished_jobs_kept_for.0;
     let mut scheduled =
         tokio::time::interval(worker.poll_interval.0.max(Duration::from_millis(100)));
@@ -53,9 +51,13 @@ pub async fn run(
         tokio::select! {
             _ = scheduled.tick() => dispatch_scheduled(&store, delivery_max_attempts).await,
             _ = sweep.tick() => requeue_stranded(&store, window, worker.turn_job_attempts).await,
-            _ = retention.tick(), if memory.retention_days > 0 => purge(&store, &memory).await,
-            _ = finished_jobs.tick(), if !jobs_kept_for.is_zero() => {
-                purge_finished_jobs(&store, jobs_kept_for).await
+            _ = maintenance.tick() => {
+                if memory.retention_days > 0 {
+                    purge(&store, &memory).await;
+                }
+                if !jobs_kept_for.is_zero() {
+                    purge_finished_jobs(&store, jobs_kept_for).await;
+                }
             }
         }
     }
@@ -109,8 +111,9 @@ async fn purge(store: &Store, memory: &MemoryConfig) {
     }
 }
 
-/// Finished jobs deleted by one statement: a pass that finds more runs again
-/// at once, so no statement holds many rows' locks or writes much at a time.
+/// Finished jobs deleted by one statement: a pass runs batches until one
+/// comes back short, so no statement holds many rows' locks or writes much at
+/// a time.
 const FINISHED_JOBS_BATCH: i64 = 5_000;
 
 async fn purge_finished_jobs(store: &Store, kept_for: Duration) {
@@ -120,12 +123,17 @@ async fn purge_finished_jobs(store: &Store, kept_for: Duration) {
     };
     let cutoff = chrono::Utc::now() - kept_for_chrono;
     let mut deleted = 0;
+    let mut after = String::new();
     loop {
-        match store.purge_finished_jobs(cutoff, FINISHED_JOBS_BATCH).await {
+        match store
+            .purge_finished_jobs(cutoff, &after, FINISHED_JOBS_BATCH)
+            .await
+        {
             Ok(batch) => {
-                deleted += batch;
-                if batch < FINISHED_JOBS_BATCH as u64 {
-                    break;
+                deleted += batch.deleted;
+                match batch.resume_after {
+                    Some(last) => after = last,
+                    None => break,
                 }
             }
             Err(e) => {

@@ -170,3 +170,47 @@ async fn jobs_finished_for_good_are_purged_after_the_period_they_are_kept_for(ba
 }
 
 crate::on_both_backends!(jobs_finished_for_good_are_purged_after_the_period_they_are_kept_for);
+
+/// A pass takes finished jobs in id order, a batch at a time, each batch
+/// resuming after the last id the one before looked at; a short batch ends it.
+async fn a_purge_pass_walks_the_jobs_once_in_batches(backend: Backend) {
+    let app = TestApp::spawn(TestConfig {
+        backend,
+        ..TestConfig::default()
+    })
+    .await;
+    let (two_days_ago, payload) = match backend {
+        Backend::Postgres => ("now() - interval '2 days'", "'\\x00'::bytea"),
+        Backend::Sqlite => ("CAST(strftime('%s', 'now') AS INTEGER) - 172800", "X'00'"),
+    };
+    app.execute(&format!(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, done_at)
+         SELECT j.id, 'test.idle', {payload}, j.status, 1, 3, {two_days_ago}
+           FROM (SELECT 'a' AS id, 'Done' AS status UNION ALL SELECT 'b', 'Done'
+                 UNION ALL SELECT 'c', 'Failed' UNION ALL SELECT 'd', 'Killed'
+                 UNION ALL SELECT 'e', 'Done') AS j"
+    ))
+    .await;
+    let store = &app.deployment.store;
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(1);
+    let first = store.purge_finished_jobs(cutoff, "", 2).await.unwrap();
+    assert_eq!(
+        (first.deleted, first.resume_after.as_deref()),
+        (2, Some("b"))
+    );
+    // The retryable 'c' is passed over and kept.
+    let second = store.purge_finished_jobs(cutoff, "b", 2).await.unwrap();
+    assert_eq!(
+        (second.deleted, second.resume_after.as_deref()),
+        (2, Some("e"))
+    );
+    let last = store.purge_finished_jobs(cutoff, "e", 2).await.unwrap();
+    assert_eq!((last.deleted, last.resume_after), (0, None));
+    assert_eq!(
+        app.strings("SELECT id FROM apalis.jobs ORDER BY id").await,
+        ["c"]
+    );
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_purge_pass_walks_the_jobs_once_in_batches);

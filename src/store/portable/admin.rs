@@ -18,8 +18,9 @@ use super::dialect::{BACKEND, Backend, Db, FOR_UPDATE, begin, enqueue, sql};
 use crate::store::{
     StoreError,
     records::{
-        AdminOutcome, DeliveryAttempt, DeliveryDetail, DeliveryFilter, DeliverySummary, QueueStats,
-        RerunEvent, SessionSummary, TranscriptMessage, TurnFilter, TurnSummary, UsageRow,
+        AdminOutcome, DeliveryAttempt, DeliveryDetail, DeliveryFilter, DeliverySummary, PurgedJobs,
+        QueueStats, RerunEvent, SessionSummary, TranscriptMessage, TurnFilter, TurnSummary,
+        UsageRow,
     },
 };
 
@@ -551,32 +552,64 @@ pub async fn requeue_stranded_sessions(
 }
 
 /// Deletes up to `limit` queue jobs that finished for good (done, killed, or
-/// failed with no attempt left) before `cutoff`; returns how many. Pending,
-/// queued, running and retryable jobs are never touched. A job's idempotency
-/// key is free again once its job is deleted, so the cutoff must lie further
-/// back than any rerun that could queue the same key (see
-/// `worker::maintenance`).
+/// failed with no attempt left) before `cutoff`, taking the jobs in id order
+/// after `after` (`""` first): a pass resumes each batch where the last one
+/// ended, so it walks the table once however many batches it takes, where
+/// batches that each searched from the start would read the rows the earlier
+/// ones deleted again and again (dead until a vacuum). Pending, queued,
+/// running and retryable jobs are never touched. A job's idempotency key is
+/// free again once its job is deleted, so the cutoff must lie further back
+/// than any rerun that could queue the same key (see `worker::maintenance`).
 pub async fn purge_finished_jobs(
     pool: &sqlx::Pool<Db>,
     cutoff: chrono::DateTime<chrono::Utc>,
+    after: &str,
     limit: i64,
-) -> Result<u64, StoreError> {
-    let table = match BACKEND {
-        Backend::Postgres => "apalis.jobs",
-        Backend::Sqlite => "Jobs",
-    };
-    let statement = sql(&format!(
-        "DELETE FROM {table} WHERE id IN
-           (SELECT id FROM {table}
-             WHERE (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))
-               AND done_at < $1
-             LIMIT $2)"
-    ));
+) -> Result<PurgedJobs, StoreError> {
+    const FINISHED: &str =
+        "(status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))";
     // The queue's tables are apalis's: done_at is a timestamp on Postgres and
-    // Unix seconds on SQLite.
-    let delete = match BACKEND {
-        Backend::Postgres => sqlx::query(statement).bind(cutoff),
-        Backend::Sqlite => sqlx::query(statement).bind(cutoff.timestamp()),
+    // Unix seconds on SQLite. The last id is taken in the database's own order
+    // (Postgres's collation need not be Rust's byte order).
+    let (seen, last, deleted): (i64, Option<String>, i64) = match BACKEND {
+        Backend::Postgres => {
+            sqlx::query_as(sql(&format!(
+                "WITH batch AS (
+                     SELECT id FROM apalis.jobs
+                      WHERE id > $3 AND {FINISHED} AND done_at < $1
+                      ORDER BY id LIMIT $2
+                 ), gone AS (
+                     DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM batch) RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch),
+                        (SELECT count(*) FROM gone)"
+            )))
+            .bind(cutoff)
+            .bind(limit)
+            .bind(after)
+            .fetch_one(pool)
+            .await?
+        }
+        Backend::Sqlite => {
+            let gone: Vec<String> = sqlx::query_scalar(sql(&format!(
+                "DELETE FROM Jobs WHERE id IN
+                   (SELECT id FROM Jobs
+                     WHERE id > $3 AND {FINISHED} AND done_at < $1
+                     ORDER BY id LIMIT $2)
+                 RETURNING id"
+            )))
+            .bind(cutoff.timestamp())
+            .bind(limit)
+            .bind(after)
+            .fetch_all(pool)
+            .await?;
+            // SQLite compares text bytewise, as Rust does.
+            let count = gone.len() as i64;
+            (count, gone.into_iter().max(), count)
+        }
     };
-    Ok(delete.bind(limit).execute(pool).await?.rows_affected())
+    Ok(PurgedJobs {
+        deleted: deleted as u64,
+        resume_after: last.filter(|_| seen >= limit),
+    })
 }
