@@ -36,9 +36,10 @@ async fn a_delivery_that_fails_permanently_is_dead_with_its_history(backend: Bac
 }
 
 /// On Postgres the worker that commits a turn makes the reply's first delivery
-/// attempt itself: the queued job (due later, as the fallback) is claimed and
-/// done before it fell due. A retry after a failed first attempt is an
-/// ordinary queue job.
+/// attempt itself: the queued job (due later, as the fallback) is claimed
+/// before it fell due (a queue consumer locks a job only once it is due, so
+/// `lock_at < run_at` marks a claimed job). A retry after a failed first
+/// attempt is an ordinary queue job.
 #[tokio::test]
 async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry() {
     let app = TestApp::spawn_with_worker(TestConfig::default()).await;
@@ -48,11 +49,11 @@ async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry()
     app.drain(Duration::from_secs(10)).await;
     let first_jobs = "SELECT count(*) FROM apalis.jobs
                        WHERE job_type = 'microclaw.deliveries' AND status = 'Done'
-                         AND done_at < run_at";
+                         AND lock_at < run_at";
     assert_eq!(
         app.count(first_jobs).await,
         1,
-        "claimed and done before it was due"
+        "claimed before it was due, and done"
     );
 
     app.platform.script(&[PlatformMode::Fail(503, None)]);
@@ -90,7 +91,13 @@ async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry()
 /// later one with a single attempt.
 #[tokio::test]
 async fn a_first_attempt_held_back_by_an_earlier_reply_ends_its_claimed_job_unsent() {
-    let app = TestApp::spawn_with_worker(TestConfig::default()).await;
+    // The first reply stays pending (its attempt times out after 2 s, its retry
+    // waits 3 s) well past the second one's patience, even on a loaded machine.
+    let app = TestApp::spawn_with_worker(TestConfig {
+        retry_schedule: r#"["3s"]"#,
+        ..TestConfig::default()
+    })
+    .await;
     app.platform
         .script(&[PlatformMode::Stall(Duration::from_secs(3))]);
     app.post_message(&TestMessage::direct("h1", "hal", "hal:first"))
@@ -120,7 +127,7 @@ async fn a_first_attempt_held_back_by_an_earlier_reply_ends_its_claimed_job_unse
     let second = "(SELECT 'delivery:' || id || ':1' FROM deliveries ORDER BY id DESC LIMIT 1)";
     assert_eq!(
         app.strings(&format!(
-            "SELECT status || ':' || (done_at < run_at) FROM apalis.jobs
+            "SELECT status || ':' || (lock_at < run_at) FROM apalis.jobs
               WHERE idempotency_key = {second}"
         ))
         .await,
