@@ -65,7 +65,7 @@ async fn the_committing_worker_makes_the_first_attempt_and_the_queue_the_retry()
     assert_eq!(
         app.count(
             "SELECT count(*) FROM apalis.jobs
-              WHERE job_type = 'microclaw.deliveries' AND status = 'Done' AND done_at >= run_at"
+              WHERE job_type = 'microclaw.deliveries' AND status = 'Done' AND lock_at >= run_at"
         )
         .await,
         1,
