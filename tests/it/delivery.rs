@@ -3,6 +3,7 @@ use std::time::Duration;
 use crate::{
     fakes::PlatformMode,
     helpers::{Backend, TestApp, TestConfig, TestMessage, turn_record},
+    lost_commit::LostCommitRelay,
 };
 
 async fn a_delivery_that_fails_permanently_is_dead_with_its_history(backend: Backend) {
@@ -142,6 +143,45 @@ async fn a_first_attempt_held_back_by_an_earlier_reply_ends_its_claimed_job_unse
         .await
             >= 1,
         "the attempt ran from a job put back for later"
+    );
+    app.stop().await;
+}
+
+/// A turn's commit that committed but got no answer (its connection closed at
+/// `COMMIT`): the first delivery job it claimed for this worker would stay
+/// claimed while the worker lives, so the worker puts it back on the queue
+/// (`FirstAttempts::recover`); the turn job fails and its retry finds the
+/// message answered. The reply goes out, once.
+#[tokio::test]
+async fn the_first_delivery_of_a_commit_whose_answer_was_lost_goes_back_on_the_queue() {
+    let relay = LostCommitRelay::start("INSERT INTO turns").await;
+    let app = TestApp::spawn_with_worker(TestConfig {
+        database_url: Some(relay.database_url()),
+        ..TestConfig::default()
+    })
+    .await;
+    app.post_message(&TestMessage::direct("l1", "lou", "lou:hi"))
+        .await;
+    app.wait_for_replies(1, Duration::from_secs(20)).await;
+    assert!(relay.lost_a_commit(), "the turn's commit got no answer");
+    app.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.platform
+            .replies()
+            .iter()
+            .map(|r| r.event.data.text.as_str())
+            .collect::<Vec<_>>(),
+        ["answer to [lou:hi]"]
+    );
+    assert_eq!(app.count("SELECT count(*) FROM turns").await, 1);
+    assert_eq!(
+        app.strings(
+            "SELECT status || ':' || (lock_at >= run_at) FROM apalis.jobs
+              WHERE job_type = 'microclaw.deliveries'"
+        )
+        .await,
+        ["Done:true"],
+        "the claimed job was put back and ran from the queue"
     );
     app.stop().await;
 }

@@ -169,7 +169,7 @@ pub struct TestConfig {
     pub provider: &'static str,
     pub turn_mode: &'static str,
     pub redis_url: String,
-    /// None: a fresh database.
+    /// None: a fresh database. `{db}` in it stands for the fresh database's name.
     pub database_url: Option<String>,
     pub delivery_max_attempts: u32,
     pub retry_schedule: &'static str,
@@ -428,8 +428,8 @@ impl TestApp {
         let db = TestDb::create(config.backend).await;
         let database_url = config
             .database_url
-            .clone()
-            .unwrap_or_else(|| db.url.clone());
+            .as_ref()
+            .map_or_else(|| db.url.clone(), |url| url.replace("{db}", &db.name));
         let key_prefix = format!("test-{}", db.name);
         let config_toml = config.toml(&database_url, &model, &platform, &key_prefix);
         let settings = Settings::from_toml(&config_toml, &test_env).expect("test config is valid");

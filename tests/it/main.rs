@@ -13,6 +13,7 @@ mod functions;
 mod group_commit;
 mod helpers;
 mod imessage;
+mod lost_commit;
 mod mcp;
 mod memory;
 mod metrics;
