@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use crate::helpers::{Backend, CONNECTOR, TestApp, TestConfig, TestMessage};
 use microclaw::channels::standard_webhooks::SigningKey;
 
@@ -135,6 +137,31 @@ async fn verified_events_of_other_types_are_acknowledged_and_ignored(backend: Ba
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ignored");
     assert_eq!(app.count("SELECT count(*) FROM apalis.jobs").await, 0);
+    app.stop().await;
+}
+
+/// A pooled connection that sat idle is pinged before it is used
+/// (`store::postgres::connect_lazy`): after a quiet spell in which Postgres
+/// dropped every connection (a restart, a failover, an idle timeout on the
+/// way), the next webhook is recorded on a new connection, not answered 503.
+#[tokio::test]
+async fn a_webhook_after_a_quiet_spell_in_which_postgres_dropped_the_connections_is_recorded() {
+    let app = TestApp::spawn(TestConfig::default()).await;
+    let first = app
+        .post_message(&TestMessage::direct("q1", "quinn", "quinn:one"))
+        .await;
+    assert_eq!(first.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let second = app
+        .post_message(&TestMessage::direct("q2", "quinn", "quinn:two"))
+        .await;
+    assert_eq!(second.status(), 200, "{:?}", second.text().await);
+    assert_eq!(app.count("SELECT count(*) FROM inbound_events").await, 2);
     app.stop().await;
 }
 
