@@ -490,6 +490,25 @@ impl TestApp {
         self.workers.push((trigger, handle));
     }
 
+    /// Starts one more worker with its own store, on `database_url` (the test
+    /// database's name as `{db}`): a worker behind a relay the test controls.
+    pub async fn start_worker_on(&mut self, database_url: &str) {
+        let url = database_url.replace("{db}", &self.db.name);
+        let toml = self.config_toml.replace(
+            &format!("url = \"{}\"", self.db.url),
+            &format!("url = \"{url}\""),
+        );
+        assert_ne!(
+            toml, self.config_toml,
+            "the test database's URL is configured"
+        );
+        let settings = Settings::from_toml(&toml, &test_env).expect("test config is valid");
+        let deployment = Deployment::new(settings).await.unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(roles::run_worker(deployment, None, shutdown));
+        self.workers.push((trigger, handle));
+    }
+
     pub async fn stop_workers(&mut self) {
         for (trigger, handle) in self.workers.drain(..) {
             trigger.trigger();

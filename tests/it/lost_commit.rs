@@ -23,7 +23,7 @@ use tokio::{
     },
 };
 
-use crate::helpers::postgres_base;
+use crate::db_gate::relayed_through;
 
 /// The SSLRequest and GSSENCRequest codes of a startup packet.
 const ENCRYPTION_REQUESTS: [u32; 2] = [80_877_103, 80_877_104];
@@ -38,16 +38,8 @@ impl LostCommitRelay {
     /// Relays to the tests' Postgres; loses the answer to the commit of the
     /// first transaction with a statement containing `marker`.
     pub async fn start(marker: &'static str) -> Self {
-        let mut url = reqwest::Url::parse(&postgres_base()).expect("MICROCLAW_TEST_POSTGRES");
-        let server = format!(
-            "{}:{}",
-            url.host_str().expect("a Postgres host"),
-            url.port().unwrap_or(5432)
-        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        url.set_host(Some("127.0.0.1")).unwrap();
-        url.set_port(Some(address.port())).unwrap();
+        let (server, url) = relayed_through(&listener);
         let lost = Arc::new(AtomicBool::new(false));
         tokio::spawn({
             let lost = lost.clone();

@@ -5,6 +5,7 @@ mod admin;
 mod analytics;
 mod browser;
 mod cli;
+mod db_gate;
 mod delivery;
 mod dev;
 mod discord;

@@ -3,11 +3,18 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestApp, TestConfig, TestMessage};
+use crate::{
+    db_gate::DbGate,
+    helpers::{TestApp, TestConfig, TestMessage},
+};
 
 /// The worker's listening connection (the only `LISTEN` on the test database).
 const LISTENER: &str = "SELECT pid::text FROM pg_stat_activity
                          WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+
+/// How many connections listen on the test database.
+const LISTENER_COUNT: &str = "SELECT count(*) FROM pg_stat_activity
+                               WHERE datname = current_database() AND query LIKE 'LISTEN%'";
 
 #[tokio::test]
 async fn notifications_alone_move_a_message_through_both_queues() {
@@ -70,5 +77,36 @@ async fn one_statement_queuing_many_jobs_notifies_each_queue_once() {
     }
     woken.sort();
     assert_eq!(woken, ["queue.a", "queue.b"]);
+    app.stop().await;
+}
+
+/// A job queued while the worker's listener had lost its connection was
+/// notified to no one; the listener wakes every consumer when it listens
+/// again, so the job starts then, not at the next poll (an hour here). The
+/// worker reaches Postgres through a gate that cuts its connections and holds
+/// new ones while the message is recorded (the receiver is not behind it).
+#[tokio::test]
+async fn a_job_queued_while_nobody_listened_starts_when_the_listener_is_back() {
+    let gate = DbGate::start().await;
+    let mut app = TestApp::spawn(TestConfig {
+        poll_interval: "1h",
+        recovery_window: "120s",
+        ..TestConfig::default()
+    })
+    .await;
+    app.start_worker_on(&gate.database_url()).await;
+    app.post_message(&TestMessage::direct("g1", "gil", "gil:one"))
+        .await;
+    app.wait_for_replies(1, Duration::from_secs(10)).await;
+
+    gate.shut();
+    app.wait_until(LISTENER_COUNT, 0, Duration::from_secs(10))
+        .await;
+    let recorded = app
+        .post_message(&TestMessage::direct("g2", "gil", "gil:two"))
+        .await;
+    assert_eq!(recorded.status(), 200);
+    gate.open();
+    app.wait_for_replies(2, Duration::from_secs(10)).await;
     app.stop().await;
 }
