@@ -21,7 +21,7 @@
 //! first fetch can run before the listener listens, and a job committed
 //! between the two was found by neither until the next poll or heartbeat (the
 //! likely cause of one `queue_wakeups` failure in a loaded CI run, whose polls
-//! are an hour apart).
+//! are an hour apart). Test: `queue_wakeups::a_job_queued_while_nobody_listened_starts_when_the_listener_is_back`.
 //!
 //! Nothing depends on a wake-up for correctness: each consumer also polls every
 //! `worker.poll_interval` ([`FetchTriggers`](super::fetch_triggers::FetchTriggers),

@@ -509,6 +509,16 @@ impl TestApp {
         self.workers.push((trigger, handle));
     }
 
+    /// Registers two apalis consumers of queue `queue.a`, `w1` and `w2`, for
+    /// tests that run the queue's SQL by hand.
+    pub async fn register_consumers_w1_w2(&self) {
+        self.execute(
+            "INSERT INTO apalis.workers (id, worker_type, storage_name)
+             VALUES ('w1', 'queue.a', 'test'), ('w2', 'queue.a', 'test')",
+        )
+        .await;
+    }
+
     pub async fn stop_workers(&mut self) {
         for (trigger, handle) in self.workers.drain(..) {
             trigger.trigger();

@@ -18,11 +18,7 @@ async fn a_fetch_takes_due_unlocked_jobs_of_its_queue_in_priority_order() {
         ["plpgsql"],
         "one get_jobs, whose plan is kept"
     );
-    app.execute(
-        "INSERT INTO apalis.workers (id, worker_type, storage_name)
-         VALUES ('w1', 'queue.a', 'test'), ('w2', 'queue.a', 'test')",
-    )
-    .await;
+    app.register_consumers_w1_w2().await;
     app.execute(
         "INSERT INTO apalis.jobs (id, job_type, job, run_at, priority, status, attempts)
          VALUES ('old', 'queue.a', '\\x00', now() - interval '3 s', 0, 'Pending', 0),

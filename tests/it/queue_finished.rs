@@ -47,11 +47,7 @@ fn outcome(id: &str, attempt: usize, status: Status) -> TaskResult<serde_json::V
 async fn an_acked_job_no_longer_names_its_consumer() {
     let app = TestApp::spawn(TestConfig::default()).await;
     let pg = app.pg();
-    app.execute(
-        "INSERT INTO apalis.workers (id, worker_type, storage_name)
-         VALUES ('w1', 'queue.a', 'test'), ('w2', 'queue.a', 'test')",
-    )
-    .await;
+    app.register_consumers_w1_w2().await;
     app.execute(
         "INSERT INTO apalis.jobs (id, job_type, job, run_at, status, attempts, max_attempts)
          SELECT id, 'queue.a', '\\x00', now() - interval '1 s', 'Pending', 0, 3
