@@ -162,6 +162,16 @@ pub struct RunArgs {
     /// Keep the run's database for a look afterwards (its URL is printed).
     #[arg(long)]
     pub keep_database: bool,
+    /// Start from a copy of this database (one a `--keep-database` run left,
+    /// with no connection open) instead of an empty one: its sessions carry on
+    /// with their history, on tables of the size that run left.
+    #[arg(long, value_name = "DATABASE")]
+    pub template: Option<String>,
+    /// A Postgres setting for every connection to the run's database
+    /// (`ALTER DATABASE … SET`), e.g. `plan_cache_mode=force_generic_plan`;
+    /// repeatable.
+    #[arg(long = "database-setting", value_name = "NAME=VALUE")]
+    pub database_settings: Vec<String>,
 }
 
 impl RunArgs {
@@ -203,6 +213,8 @@ impl RunArgs {
             "delivery_concurrency": self.delivery_concurrency,
             "db_connections": self.db_connections,
             "redis": self.redis.is_some(),
+            "template": self.template,
+            "database_settings": self.database_settings,
         })
     }
 
@@ -226,7 +238,11 @@ pub async fn run(label: &str, args: &RunArgs) -> anyhow::Result<Report> {
     );
     let model = FakeModel::start(args.model_latency, args.reply_chars).await?;
     let platform = FakePlatform::start().await?;
-    let db = Database::create().await?;
+    let db = Database::create(args.template.as_deref()).await?;
+    if let Err(e) = db.apply_settings(&args.database_settings).await {
+        db.drop_database().await;
+        return Err(e);
+    }
     let logs = std::env::temp_dir().join(&db.name);
     let report = measure(label, args, &db, &model, &platform, logs).await;
     if args.keep_database {
@@ -268,8 +284,9 @@ async fn measure(
         slack_signing_secret: cluster::SLACK_SIGNING_SECRET.to_owned(),
         channels: args.channels.clone(),
         sessions: args.sessions,
-        slack_epoch: chrono::Utc::now().timestamp(),
+        run_epoch: chrono::Utc::now().timestamp(),
     });
+    let started = chrono::Utc::now();
     let machine_at_start = cluster::machine_cpu_ticks();
     let sent = match args.closed_loop {
         Some(clients) => traffic::closed_loop(sender.clone(), clients, args.duration).await,
@@ -280,7 +297,11 @@ async fn measure(
             .filter(|s| matches!(s.outcome, Outcome::Acknowledged(_)))
     };
     let (replies, acknowledged_not_recorded) = if args.ingest_only {
-        let recorded: HashSet<String> = db.recorded_message_ids().await?.into_iter().collect();
+        let recorded: HashSet<String> = db
+            .recorded_message_ids(started)
+            .await?
+            .into_iter()
+            .collect();
         let missing = acknowledged()
             .filter(|s| !recorded.contains(&sender.platform_message_id(s.token)))
             .count();
@@ -293,7 +314,7 @@ async fn measure(
             &ledger,
             model,
             platform.unreadable(),
-            db.phases().await?,
+            db.phases(started).await?,
         );
         (Some(replies), None)
     };

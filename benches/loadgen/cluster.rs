@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
@@ -39,15 +40,33 @@ pub struct Database {
 }
 
 impl Database {
-    pub async fn create() -> anyhow::Result<Self> {
+    /// An empty database, or a copy of `template` (a database an earlier run
+    /// kept), so a run can start on tables of a realistic size.
+    pub async fn create(template: Option<&str>) -> anyhow::Result<Self> {
         let server = postgres_server();
         let name = format!("microclaw_load_{}", uuid::Uuid::new_v4().simple());
+        let copy_of = match template {
+            Some(template) => {
+                anyhow::ensure!(
+                    !template.is_empty()
+                        && template
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                    "--template {template:?}: a database name of lowercase letters, digits and _"
+                );
+                format!(" TEMPLATE {template}")
+            }
+            None => String::new(),
+        };
         let admin = PgPool::connect(&format!("{server}/postgres"))
             .await
             .with_context(|| format!("Postgres must run at {server} (MICROCLAW_BENCH_POSTGRES)"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name}{copy_of}"
+        )))
+        .execute(&admin)
+        .await
+        .with_context(|| format!("creating {name}{copy_of}"))?;
         admin.close().await;
         Ok(Self {
             url: format!("{server}/{name}"),
@@ -56,19 +75,53 @@ impl Database {
         })
     }
 
-    /// The platform message ids of every recorded inbound event.
-    pub async fn recorded_message_ids(&self) -> anyhow::Result<Vec<String>> {
+    /// Sets each `NAME=VALUE` for every later connection to this database.
+    pub async fn apply_settings(&self, settings: &[String]) -> anyhow::Result<()> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let admin = PgPool::connect(&format!("{}/postgres", self.server)).await?;
+        for setting in settings {
+            let Some((name, value)) = setting.split_once('=') else {
+                bail!("--database-setting {setting:?}: expected NAME=VALUE");
+            };
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+                "--database-setting {setting:?}: a setting's name is lowercase letters, _ and ."
+            );
+            let value = value.replace('\'', "''");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {} SET {name} = '{value}'",
+                self.name
+            )))
+            .execute(&admin)
+            .await
+            .with_context(|| format!("--database-setting {setting}"))?;
+        }
+        admin.close().await;
+        Ok(())
+    }
+
+    /// The platform message ids of every inbound event recorded since `since`.
+    pub async fn recorded_message_ids(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
         let pool = PgPool::connect(&self.url).await?;
-        let ids = sqlx::query_scalar("SELECT platform_message_id FROM inbound_events")
-            .fetch_all(&pool)
-            .await?;
+        let ids = sqlx::query_scalar(
+            "SELECT platform_message_id FROM inbound_events WHERE received_at >= $1",
+        )
+        .bind(since)
+        .fetch_all(&pool)
+        .await?;
         pool.close().await;
         Ok(ids)
     }
 
     /// Where the time of answered messages went, by the timestamps MicroClaw
-    /// recorded (transaction start times, so a grouped commit's members share one).
-    pub async fn phases(&self) -> anyhow::Result<Vec<Phase>> {
+    /// recorded (transaction start times, so a grouped commit's members share one),
+    /// of the messages recorded since `since`.
+    pub async fn phases(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<Phase>> {
         const NAMES: [&str; 4] = [
             "recorded → turn started",
             "turn (model call included)",
@@ -85,7 +138,8 @@ impl Database {
                  FROM inbound_events e
                  JOIN turns t ON t.id = e.turn_id
                  JOIN deliveries d ON d.turn_id = t.id AND d.part = 1
-                 JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = 1)
+                 JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = 1
+                WHERE e.received_at >= $1)
              SELECT unnest(ARRAY[
                percentile_cont(0.5) WITHIN GROUP (ORDER BY s0), percentile_cont(0.99) WITHIN GROUP (ORDER BY s0),
                percentile_cont(0.5) WITHIN GROUP (ORDER BY s1), percentile_cont(0.99) WITHIN GROUP (ORDER BY s1),
@@ -93,6 +147,7 @@ impl Database {
                percentile_cont(0.5) WITHIN GROUP (ORDER BY s3), percentile_cont(0.99) WITHIN GROUP (ORDER BY s3)])
              FROM spans",
         )
+        .bind(since)
         .fetch_all(&pool)
         .await?;
         pool.close().await;

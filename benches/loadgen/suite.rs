@@ -97,7 +97,7 @@ async fn idle_footprint() -> anyhow::Result<(f64, f64)> {
     println!("\n▶ d. idle footprint: one `microclaw receiver`, 2 s idle");
     let model = FakeModel::start(Duration::ZERO, 0).await?;
     let platform = FakePlatform::start().await?;
-    let db = Database::create().await?;
+    let db = Database::create(None).await?;
     let args = RunArgs::parse_from(["loadgen"]);
     let measured = async {
         let logs = std::env::temp_dir().join(&db.name);

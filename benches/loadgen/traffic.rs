@@ -39,8 +39,10 @@ pub struct Sender {
     pub slack_signing_secret: String,
     pub channels: Vec<Channel>,
     pub sessions: u32,
-    /// Slack message timestamps start here (seconds), so they differ between runs.
-    pub slack_epoch: i64,
+    /// The run's start (seconds since the epoch). Platform message ids carry
+    /// it, so they differ between runs (a run may start on a copy of an
+    /// earlier run's database, which must not take its messages for duplicates).
+    pub run_epoch: i64,
 }
 
 /// What became of one webhook.
@@ -80,13 +82,13 @@ impl Sender {
     /// The platform's id of the message, as the receiver records it.
     pub fn platform_message_id(&self, token: Token) -> String {
         match self.channel_of(token) {
-            Channel::Custom => token.to_string(),
+            Channel::Custom => format!("{}-{token}", self.run_epoch),
             Channel::Slack => format!("D{}:{}", token.session, self.slack_ts(token)),
         }
     }
 
     fn slack_ts(&self, token: Token) -> String {
-        format!("{}.{:06}", self.slack_epoch, token.seq)
+        format!("{}.{:06}", self.run_epoch, token.seq)
     }
 
     fn text(token: Token) -> String {
@@ -102,7 +104,7 @@ impl Sender {
                     "type": "message.created",
                     "timestamp": chrono::Utc::now(),
                     "data": {
-                        "message_id": token.to_string(),
+                        "message_id": self.platform_message_id(token),
                         "conversation_id": format!("dm-u{}", token.session),
                         "conversation_type": "direct",
                         "sender": {"id": format!("u{}", token.session), "display_name": "Load"},
@@ -111,7 +113,7 @@ impl Sender {
                     }
                 })
                 .to_string();
-                let webhook_id = format!("wh-{token}");
+                let webhook_id = format!("wh-{}-{token}", self.run_epoch);
                 let signature = self.custom_key.sign(&webhook_id, now, body.as_bytes());
                 Webhook {
                     path: "/hooks/custom",
@@ -128,7 +130,7 @@ impl Sender {
                     "type": "event_callback",
                     "team_id": "T0LOAD",
                     "api_app_id": "A0LOAD",
-                    "event_id": format!("Ev{token}"),
+                    "event_id": format!("Ev{}{token}", self.run_epoch),
                     "event_time": now,
                     "authorizations": [{"user_id": "UBOT"}],
                     "event": {

@@ -9,9 +9,11 @@
 //! `Store::memory_layers`) and must stay in step with it. Postgres plans that
 //! statement once per connection. The message recall follows on its own (the
 //! portable read, bounded by the oldest recent message): its plan depends on the
-//! session's length (a plan made for any session sorts a long session's every
-//! match), so Postgres plans it for each call, which it would then do for the
-//! whole statement (measured in `BENCHMARKS.md`, context assembly).
+//! session's length and on how common its words are (a plan made for any
+//! session and any words sorts a long session's every match, or intersects the
+//! word index's matches in every session), so it is planned for each call
+//! (`memory::search_messages`), which the whole statement would then be too
+//! (measured in `BENCHMARKS.md`, context assembly and session 15).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
