@@ -363,49 +363,44 @@ impl Store {
     /// The rows of a turn's memory layers: two round trips on Postgres (see
     /// `postgres::layers`), the portable reads one after the other on SQLite.
     pub async fn memory_layers(&self, reads: &LayerReads<'_>) -> Result<LayerRows, StoreError> {
-        let mut layers = match self {
-            Store::Postgres(pool) => postgres::layers::read(pool, reads).await?,
-            Store::Sqlite(pool) => LayerRows {
-                recent: sqlite::memory::recent_history(
-                    pool,
-                    reads.transcript_id,
-                    reads.summarized_through,
-                    reads.history_limit,
-                )
-                .await?,
-                facts: match reads.person {
-                    Some(id) => sqlite::memory::facts(pool, id, reads.max_facts).await?,
-                    None => Vec::new(),
-                },
-                notes: match reads.conversation_key {
-                    Some(key) => sqlite::memory::notes(pool, key, reads.max_facts).await?,
-                    None => Vec::new(),
-                },
-                recalled_memories: sqlite::memory::search_memories(
-                    pool,
-                    reads.terms,
-                    reads.person,
-                    reads.conversation_key,
-                    reads.recall_items,
-                )
-                .await?,
-                recalled_messages: Vec::new(),
-            },
+        let pool = match self {
+            Store::Postgres(pool) => return postgres::layers::read(pool, reads).await,
+            Store::Sqlite(pool) => pool,
         };
-        // The recall reaches up to the oldest message the context holds verbatim.
-        let before_id = layers
-            .recent
-            .first()
-            .map_or(reads.summarized_through + 1, |m| m.id);
-        layers.recalled_messages = portable!(
-            self,
-            memory::search_messages(
-                reads.terms,
+        let mut layers = LayerRows {
+            recent: sqlite::memory::recent_history(
+                pool,
                 reads.transcript_id,
-                before_id,
-                reads.recall_items
+                reads.summarized_through,
+                reads.history_limit,
             )
-        )?;
+            .await?,
+            facts: match reads.person {
+                Some(id) => sqlite::memory::facts(pool, id, reads.max_facts).await?,
+                None => Vec::new(),
+            },
+            notes: match reads.conversation_key {
+                Some(key) => sqlite::memory::notes(pool, key, reads.max_facts).await?,
+                None => Vec::new(),
+            },
+            recalled_memories: sqlite::memory::search_memories(
+                pool,
+                reads.terms,
+                reads.person,
+                reads.conversation_key,
+                reads.recall_items,
+            )
+            .await?,
+            recalled_messages: Vec::new(),
+        };
+        layers.recalled_messages = sqlite::memory::search_messages(
+            pool,
+            reads.terms,
+            reads.transcript_id,
+            layers.recall_before(reads.summarized_through),
+            reads.recall_items,
+        )
+        .await?;
         Ok(layers)
     }
 

@@ -409,6 +409,14 @@ pub struct LayerRows {
     pub recalled_messages: Vec<RecalledMessage>,
 }
 
+impl LayerRows {
+    /// Where the message recall ends: it reaches up to the oldest message the
+    /// context holds verbatim (or the summary's mark when it holds none).
+    pub fn recall_before(&self, summarized_through: i64) -> i64 {
+        self.recent.first().map_or(summarized_through + 1, |m| m.id)
+    }
+}
+
 /// A stored fact or note.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MemoryItem {

@@ -282,6 +282,9 @@ pub async fn search_memories(
         .bind(conversation_key)
         .bind(limit)
         .bind(RANKED)
+        // Planned for each call on Postgres, with its search terms (see
+        // `store::postgres::layers` for why).
+        .persistent(matches!(BACKEND, Backend::Sqlite))
         .fetch_all(pool)
         .await?;
     Ok(match BACKEND {
@@ -334,13 +337,8 @@ pub async fn search_messages(
         .bind(before_id)
         .bind(limit)
         .bind(RANKED)
-        // Planned for each call on Postgres, with its search terms: how common
-        // they are decides between walking the session's messages and the
-        // word index. A plan kept for the connection knows neither, and
-        // Postgres keeps one after five calls when its estimate looks cheaper:
-        // it intersected the word index's every match in the whole table with
-        // the session's rows (51 ms a turn on a database of 111,000 messages,
-        // BENCHMARKS.md session 15).
+        // Planned for each call on Postgres, with its search terms (see
+        // `store::postgres::layers` for why).
         .persistent(matches!(BACKEND, Backend::Sqlite))
         .fetch_all(pool)
         .await?;

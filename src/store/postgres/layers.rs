@@ -3,17 +3,22 @@
 //! Before its model call a turn reads five bounded layers (`memory::rehydrate`):
 //! the transcript's newest messages after its summary mark, the person's facts,
 //! the conversation's notes, and the two long-term recalls. Each is a LIMIT on an
-//! index, so the cost does not grow with the history. The first four are one
-//! statement here: each CTE below is the read of the same name in
-//! `store::portable::memory` (which SQLite runs one after the other, see
-//! `Store::memory_layers`) and must stay in step with it. Postgres plans that
-//! statement once per connection. The message recall follows on its own (the
-//! portable read, bounded by the oldest recent message): its plan depends on the
-//! session's length and on how common its words are (a plan made for any
-//! session and any words sorts a long session's every match, or intersects the
-//! word index's matches in every session), so it is planned for each call
-//! (`memory::search_messages`), which the whole statement would then be too
-//! (measured in `BENCHMARKS.md`, context assembly and session 15).
+//! index, so the cost does not grow with the history. Each CTE below is the read
+//! of the same name in `store::portable::memory` (which SQLite runs one after
+//! the other, see `Store::memory_layers`) and must stay in step with it.
+//!
+//! The three reads by key are one statement, which Postgres plans once per
+//! connection. The two recalls are the second, planned for each call with its
+//! search words (an unnamed statement): whether walking the person's or the
+//! session's newest rows or the word index is cheaper depends on how common the
+//! words are and how long the history, and a plan kept for the connection knows
+//! neither. The one Postgres kept after five calls intersected the word index's
+//! every match in the whole store with the session's rows (`BENCHMARKS.md`,
+//! session 15: 51 ms a turn on a store of 111,000 messages, against 0.4 ms
+//! planned with the words; a fact recall among 100,000 facts 6.2 ms against
+//! 0.85). The message recall ends at the oldest recent message, so the recalls
+//! follow the first statement; planning the whole of one statement for each
+//! call costs more than the round trip (context assembly, `BENCHMARKS.md`).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -22,7 +27,7 @@ use uuid::Uuid;
 use super::memory::RANKED;
 use crate::store::{
     StoreError,
-    records::{HistoryMessage, LayerReads, LayerRows, MemoryItem},
+    records::{HistoryMessage, LayerReads, LayerRows, MemoryItem, RecalledMessage},
 };
 
 /// One row of any layer: `layer` says which, and which columns it fills.
@@ -37,12 +42,8 @@ struct LayerRow {
     created_at: Option<DateTime<Utc>>,
 }
 
-/// Reads the rows of a turn's memory layers but the message recall's, in one
-/// statement.
+/// Reads the rows of a turn's memory layers.
 pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, StoreError> {
-    // NULL when there is nothing to search for: no match, and no notice about
-    // an empty query.
-    let query = (!reads.terms.is_empty()).then(|| reads.terms.join(" | "));
     let rows: Vec<LayerRow> = sqlx::query_as(
         "WITH recent AS (
              SELECT id, role, content, parts FROM messages
@@ -55,16 +56,6 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
              SELECT id, content, created_at FROM memories
               WHERE scope = 'conversation' AND conversation_key = $5
               ORDER BY created_at DESC, id DESC LIMIT $6
-         ), recalled_memories AS (
-             SELECT id, content, created_at,
-                    row_number() OVER (ORDER BY ts_rank(search, to_tsquery('english', $7)) DESC,
-                                                created_at DESC) AS rank
-               FROM (SELECT id, content, created_at, search FROM memories
-                      WHERE search @@ to_tsquery('english', $7)
-                        AND ((scope = 'user' AND identity_id = $4)
-                             OR (scope = 'conversation' AND conversation_key = $5))
-                      ORDER BY created_at DESC LIMIT $9) AS hits
-              ORDER BY rank LIMIT $8
          )
          SELECT 0 AS layer, id AS message_id, NULL::uuid AS item_id, role, content, parts,
                 NULL::timestamptz AS created_at, id AS position
@@ -77,8 +68,6 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
          SELECT 2, NULL, id, NULL, content, NULL, created_at,
                 row_number() OVER (ORDER BY created_at, id)
            FROM notes
-         UNION ALL
-         SELECT 3, NULL, id, NULL, content, NULL, created_at, rank FROM recalled_memories
          ORDER BY layer, position",
     )
     .bind(reads.transcript_id)
@@ -87,12 +76,59 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
     .bind(reads.person)
     .bind(reads.conversation_key)
     .bind(reads.max_facts)
-    .bind(query)
-    .bind(reads.recall_items)
-    .bind(RANKED)
     .fetch_all(pool)
     .await?;
     let mut layers = LayerRows::default();
+    sort_into(rows, &mut layers)?;
+    if reads.terms.is_empty() {
+        return Ok(layers);
+    }
+    let rows: Vec<LayerRow> = sqlx::query_as(
+        "WITH memory_hits AS (
+             SELECT id, content, created_at, search FROM memories
+              WHERE search @@ to_tsquery('english', $1)
+                AND ((scope = 'user' AND identity_id = $2)
+                     OR (scope = 'conversation' AND conversation_key = $3))
+              ORDER BY created_at DESC LIMIT $7
+         ), recalled_memories AS (
+             SELECT id, content, created_at,
+                    row_number() OVER (ORDER BY ts_rank(search, to_tsquery('english', $1)) DESC,
+                                                created_at DESC) AS rank
+               FROM memory_hits ORDER BY rank LIMIT $6
+         ), message_hits AS (
+             SELECT id, role, content, created_at, search FROM messages
+              WHERE session_id = $4 AND id < $5 AND parts IS NULL
+                AND search @@ to_tsquery('english', $1)
+              ORDER BY id DESC LIMIT $7
+         ), recalled_messages AS (
+             SELECT id, role, content, created_at,
+                    row_number() OVER (ORDER BY ts_rank(search, to_tsquery('english', $1)) DESC,
+                                                id DESC) AS rank
+               FROM message_hits ORDER BY rank LIMIT $6
+         )
+         SELECT 3 AS layer, NULL::int8 AS message_id, id AS item_id, NULL::text AS role, content,
+                NULL::jsonb AS parts, created_at, rank AS position
+           FROM recalled_memories
+         UNION ALL
+         SELECT 4, id, NULL, role, content, NULL, created_at, rank FROM recalled_messages
+         ORDER BY layer, position",
+    )
+    .bind(reads.terms.join(" | "))
+    .bind(reads.person)
+    .bind(reads.conversation_key)
+    .bind(reads.transcript_id)
+    .bind(layers.recall_before(reads.summarized_through))
+    .bind(reads.recall_items)
+    .bind(RANKED)
+    .persistent(false)
+    .fetch_all(pool)
+    .await?;
+    sort_into(rows, &mut layers)?;
+    Ok(layers)
+}
+
+/// Puts each row into its layer, in the order given.
+fn sort_into(rows: Vec<LayerRow>, layers: &mut LayerRows) -> Result<(), StoreError> {
     for row in rows {
         match (
             row.layer,
@@ -119,6 +155,14 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
                     _ => layers.recalled_memories.push(item),
                 }
             }
+            (4, Some(id), None, Some(role), Some(created_at)) => {
+                layers.recalled_messages.push(RecalledMessage {
+                    id,
+                    role,
+                    content: row.content,
+                    created_at,
+                })
+            }
             (layer, ..) => {
                 return Err(StoreError::Database(sqlx::Error::Decode(
                     format!("a memory layer row {layer} without the columns of its layer").into(),
@@ -126,5 +170,5 @@ pub async fn read(pool: &PgPool, reads: &LayerReads<'_>) -> Result<LayerRows, St
             }
         }
     }
-    Ok(layers)
+    Ok(())
 }
