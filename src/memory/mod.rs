@@ -111,7 +111,7 @@ impl MemoryScope {
 
 /// Reads the memory layers for a turn over `events`: the session's newest
 /// `history_limit` messages after its summary, the scope's facts and notes, and
-/// what the long-term recall finds for the events' words (two round trips on
+/// what the long-term recall finds for the events' words (two statements on
 /// Postgres, see `Store::memory_layers`).
 pub async fn rehydrate(
     store: &Store,

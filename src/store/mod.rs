@@ -360,7 +360,7 @@ impl Store {
         }
     }
 
-    /// The rows of a turn's memory layers: two round trips on Postgres (see
+    /// The rows of a turn's memory layers: two statements on Postgres (see
     /// `postgres::layers`), the portable reads one after the other on SQLite.
     pub async fn memory_layers(&self, reads: &LayerReads<'_>) -> Result<LayerRows, StoreError> {
         let pool = match self {

@@ -1,4 +1,4 @@
-//! A turn's memory layers in two round trips.
+//! A turn's memory layers in two statements.
 //!
 //! Before its model call a turn reads five bounded layers (`memory::rehydrate`):
 //! the transcript's newest messages after its summary mark, the person's facts,
@@ -19,6 +19,8 @@
 //! 0.85). The message recall ends at the oldest recent message, so the recalls
 //! follow the first statement; planning the whole of one statement for each
 //! call costs more than the round trip (context assembly, `BENCHMARKS.md`).
+//! sqlx sends an unnamed statement in two round trips (parse and describe, then
+//! bind and execute), so the layers take three.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
